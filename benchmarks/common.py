@@ -1,0 +1,76 @@
+"""Shared by the benchmark scripts: data paths, a seeded synthetic set from real vectors, and result files."""
+import json
+import os
+import platform
+import resource
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+SHARED_WORDNET = ROOT.parent / "shared" / "data" / "wordnet-minilm"
+
+
+def perturbed(base: np.ndarray, n: int, out: Path, noise: float = 0.05, seed: int = 0, chunk: int = 65536) -> Path:
+    """Write an (n, d) float16 .npy of real rows plus Gaussian noise, renormalised; chunked, so n may exceed RAM."""
+    rng = np.random.default_rng(seed)
+    d = base.shape[1]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    X = np.lib.format.open_memmap(out, mode="w+", dtype=np.float16, shape=(n, d))
+    for start in range(0, n, chunk):
+        rows = rng.integers(0, len(base), min(chunk, n - start))
+        x = np.asarray(base[np.sort(rows)], np.float32) + rng.standard_normal((len(rows), d), np.float32) * noise / np.sqrt(d)
+        X[start:start + len(rows)] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    X.flush()
+    del X
+    return out
+
+
+def peak_rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine() -> dict:
+    import torch
+    info = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
+            "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "python": platform.python_version()}
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(line for line in f if line.startswith("model name"))
+        info["cpu"] = model.split(":", 1)[1].strip()
+    except (OSError, StopIteration):
+        pass
+    if torch.cuda.is_available():
+        info["device"] = torch.cuda.get_device_name()
+    return info
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def write_result(name: str, config: dict, rows: list, command: str, markdown: str, results_dir: Path = RESULTS) -> Path:
+    """<results_dir>/<name>.json and .md (default benchmarks/results/), stamped with commit, machine and date."""
+    results_dir = Path(results_dir)
+    results_dir.mkdir(parents=True, exist_ok=True)
+    record = {"name": name, "date": time.strftime("%Y-%m-%d %H:%M:%S"), "commit": git_commit(),
+              "machine": machine(), "command": command, "config": config, "results": rows}
+    (results_dir / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
+    header = (f"# {name}\n\n`{command}`\n\ncommit {record['commit']}, {record['date']}, "
+              f"{record['machine']['cpu']} ({record['machine']['cores']} cores), torch {record['machine']['torch']}\n\n")
+    (results_dir / f"{name}.md").write_text(header + markdown + "\n")
+    return results_dir / f"{name}.json"
+
+
+def md_table(rows: list, columns: list) -> str:
+    fmt = lambda v: f"{v:.4g}" if isinstance(v, float) else str(v)
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
+    return "\n".join(lines)

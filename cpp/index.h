@@ -1,0 +1,138 @@
+// The windowed inverted index and its exact sparse scorer.
+//
+// Items are cut into windows of 2^window_bits consecutive ids. Inside a window, each latent's postings are
+// contiguous, in increasing item order, and store the item's id relative to the window start (uint16 for
+// windows up to 65,536 items), so a window's scores fit one cache-resident accumulator.
+// postings of latent i in window w: [offsets[w * h + i], offsets[w * h + i + 1]).
+//
+// Thread safety: the index is immutable once built; any number of threads may search it at once.
+#pragma once
+#include <cmath>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "half.h"
+#include "parallel.h"
+#include "topk.h"
+
+namespace csae {
+
+template <class Value>
+struct IndexView {
+    size_t n = 0, h = 0, window_bits = 16;
+    const int64_t* offsets = nullptr;   // n_windows() * h + 1
+    const uint16_t* local_ids = nullptr;
+    const Value* values = nullptr;
+
+    size_t window_size() const { return size_t{1} << window_bits; }
+    size_t n_windows() const { return (n + window_size() - 1) >> window_bits; }
+};
+
+inline size_t windows_for(size_t n, size_t window_bits) { return (n + (size_t{1} << window_bits) - 1) >> window_bits; }
+
+// Fills offsets (n_windows * h + 1), local_ids and values (offsets[last] entries each) from (n, k) codes.
+// keep, when given, is an (n, k) mask of the entries to index (posting-list pruning).
+template <class Index, class Value>
+void build_windowed(const Index* indices, const Value* values, const uint8_t* keep, size_t n, size_t k, size_t h,
+                    size_t window_bits, int64_t* offsets, uint16_t* local_ids, Value* out_values, int num_threads) {
+    if (window_bits > 16) throw std::invalid_argument("window_bits must be at most 16 (ids are stored as uint16)");
+    const size_t W = windows_for(n, window_bits), win = size_t{1} << window_bits;
+    std::vector<int64_t> cursor(W * h + 1, 0);
+    parallel_for(W, num_threads, [&](size_t w, int) {
+        int64_t* c = &cursor[w * h];
+        for (size_t i = w * win * k, end = std::min(n, (w + 1) * win) * k; i < end; ++i)
+            if (!keep || keep[i]) ++c[indices[i]];
+    });
+    int64_t total = 0;
+    for (size_t b = 0; b < W * h; ++b) {
+        offsets[b] = total;
+        total += cursor[b];
+        cursor[b] = offsets[b];
+    }
+    offsets[W * h] = total;
+    parallel_for(W, num_threads, [&](size_t w, int) {
+        int64_t* c = &cursor[w * h];
+        for (size_t item = w * win, end = std::min(n, (w + 1) * win); item < end; ++item)
+            for (size_t j = 0; j < k; ++j) {
+                size_t e = item * k + j;
+                if (keep && !keep[e]) continue;
+                int64_t at = c[indices[e]]++;
+                local_ids[at] = static_cast<uint16_t>(item - w * win);
+                out_values[at] = values[e];
+            }
+    });
+}
+
+// Per-thread scratch: one window's accumulator and a heap, allocated once per batch, never per query.
+struct Scratch {
+    std::vector<float> acc;
+    TopK top;
+};
+
+// Exact top-k of sum_t q_val[t] * value(item, q_lat[t]) over windows [w_begin, w_end); items that share no
+// latent with the query score 0 and compete like any other (scores are signed).
+template <class Value>
+void score_windows(const IndexView<Value>& ix, const int64_t* q_lat, const float* q_val, size_t q_len, size_t w_begin,
+                   size_t w_end, Scratch& s) {
+    const size_t win = ix.window_size();
+    s.acc.resize(win);
+    float* acc = s.acc.data();
+    for (size_t w = w_begin; w < w_end; ++w) {
+        const size_t first = w * win, len = std::min(win, ix.n - first);
+        std::fill(acc, acc + len, 0.0f);
+        const int64_t* off = ix.offsets + w * ix.h;
+        for (size_t t = 0; t < q_len; ++t) {
+            const float qv = q_val[t];
+            const int64_t lat = q_lat[t];
+            const uint16_t* ids = ix.local_ids + off[lat];
+            const Value* vals = ix.values + off[lat];
+            const int64_t cnt = off[lat + 1] - off[lat];
+            for (int64_t p = 0; p < cnt; ++p) acc[ids[p]] += qv * to_float(vals[p]);
+        }
+        s.top.push_dense(acc, len, static_cast<int64_t>(first));
+    }
+}
+
+// Queries (nq, q_len) of latent ids and values; writes (nq, top_k) ids and scores, best first.
+// Batches spread queries over threads; a batch smaller than the thread count also splits each query's windows.
+template <class Value>
+void search(const IndexView<Value>& ix, const int64_t* q_lat, const float* q_val, size_t nq, size_t q_len, size_t top_k,
+            int64_t* out_ids, float* out_scores, int num_threads) {
+    for (size_t i = 0; i < nq * q_len; ++i)
+        if (q_lat[i] < 0 || static_cast<size_t>(q_lat[i]) >= ix.h)
+            throw std::invalid_argument("query latent " + std::to_string(q_lat[i]) + " out of range for h=" + std::to_string(ix.h));
+    const int threads = resolve_threads(num_threads);
+    const size_t W = ix.n_windows();
+    size_t parts = (nq >= static_cast<size_t>(threads)) ? 1 : std::min(W, (threads + nq - 1) / nq);
+    parts = std::max<size_t>(parts, 1);
+    std::vector<Scratch> scratch(threads);
+    if (parts == 1) {
+        parallel_for(nq, threads, [&](size_t q, int tid) {
+            Scratch& s = scratch[tid];
+            s.top.reset(top_k);
+            score_windows(ix, q_lat + q * q_len, q_val + q * q_len, q_len, 0, W, s);
+            s.top.write_sorted(out_scores + q * top_k, out_ids + q * top_k);
+        });
+        return;
+    }
+    std::vector<float> part_scores(nq * parts * top_k);
+    std::vector<int64_t> part_ids(nq * parts * top_k);
+    parallel_for(nq * parts, threads, [&](size_t task, int tid) {
+        const size_t q = task / parts, p = task % parts;
+        Scratch& s = scratch[tid];
+        s.top.reset(top_k);
+        score_windows(ix, q_lat + q * q_len, q_val + q * q_len, q_len, W * p / parts, W * (p + 1) / parts, s);
+        s.top.write_sorted(&part_scores[task * top_k], &part_ids[task * top_k]);
+    });
+    TopK merged(top_k);
+    for (size_t q = 0; q < nq; ++q) {
+        merged.reset(top_k);
+        for (size_t i = q * parts * top_k; i < (q + 1) * parts * top_k; ++i)
+            if (part_ids[i] >= 0) merged.push(part_scores[i], part_ids[i]);
+        merged.write_sorted(out_scores + q * top_k, out_ids + q * top_k);
+    }
+}
+
+}  // namespace csae

@@ -1,0 +1,125 @@
+"""The `csae` command: train, encode, build, search, demo."""
+import argparse
+import sys
+import time
+
+import numpy as np
+
+
+def _train(a) -> None:
+    from .train import train
+    t = time.perf_counter()
+    model = train(a.items, h=a.h, k=a.k, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device)
+    model.save(a.output)
+    last = model.history[-1]
+    print(f"trained {model} in {time.perf_counter() - t:.0f} s: loss {last['loss']:.4f}, "
+          f"cos@k {last['cos_k']:.4f}, dead latents {last['dead']:.1%}; saved {a.output}")
+
+
+def _encode(a) -> None:
+    from .model import load_model
+    model = load_model(a.model, device=a.device or "cpu")
+    codes = model.encode(a.items, k=a.k, value_dtype=np.dtype(a.values), progress=True)
+    codes.save(a.output)
+    print(f"encoded {codes.n} items: k={codes.k}, {codes.bytes_per_item} bytes/item; saved {a.output}")
+
+
+def _build(a) -> None:
+    from .engine import Engine
+    from .model import load_model
+    model = load_model(a.model, device=a.device or "cpu")
+    ids = np.load(a.ids, allow_pickle=False) if a.ids else None
+    t = time.perf_counter()
+    engine = Engine(model, num_threads=a.threads).build(a.items, ids=ids, prune=a.prune, progress=True)
+    engine.save(a.output)
+    print(f"indexed {len(engine)} items in {time.perf_counter() - t:.1f} s, "
+          f"{engine.bytes_per_item():.1f} bytes/item; saved {a.output}")
+
+
+def _search(a) -> None:
+    from .engine import Engine
+    engine = Engine.load(a.index, num_threads=a.threads, verify=not a.no_verify)
+    candidates = a.candidates if a.candidates in (None, "all") else int(a.candidates)
+    t = time.perf_counter()
+    ids, scores = engine.search(a.queries, top_k=a.top_k, mode=a.mode, candidates=candidates,
+                                query_terms=a.query_terms)
+    seconds = time.perf_counter() - t
+    np.savez(a.output, ids=ids, scores=scores)
+    print(f"searched {len(ids)} queries ({a.mode}) in {seconds:.3f} s, {len(ids) / seconds:.0f} queries/s; "
+          f"saved ids and scores to {a.output}")
+
+
+def _demo(a) -> None:
+    from .demo import run
+    run(a.data, steps=a.steps, h=a.h, k=a.k)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .train import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS
+    p = argparse.ArgumentParser(prog="csae", description="Compress embeddings into k-sparse codes and search them.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train a CompresSAE on an (n, d) .npy of embeddings")
+    t.add_argument("items", help="(n, d) float16/float32 .npy, read memory-mapped")
+    t.add_argument("-o", "--output", required=True, help="model file to write (safetensors)")
+    t.add_argument("--h", type=int, default=4096, help="latent dims (default 4096)")
+    t.add_argument("--k", type=int, default=32, help="non-zeros per code (default 32)")
+    t.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"optimiser steps (default {DEFAULT_STEPS})")
+    t.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help=f"(default {DEFAULT_BATCH})")
+    t.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"Adam learning rate (default {DEFAULT_LR})")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    t.set_defaults(run=_train)
+
+    e = sub.add_parser("encode", help="encode embeddings into sparse codes (.npz)")
+    e.add_argument("model", help="model file from `csae train`")
+    e.add_argument("items", help="(n, d) .npy of embeddings")
+    e.add_argument("-o", "--output", required=True, help="codes file to write (.npz)")
+    e.add_argument("--k", type=int, default=None, help="non-zeros per code (default: the model's k)")
+    e.add_argument("--values", choices=["float16", "float32"], default="float16", help="value type (default float16)")
+    e.add_argument("--device", default=None)
+    e.set_defaults(run=_encode)
+
+    b = sub.add_parser("build", help="encode items and write a search index directory")
+    b.add_argument("model", help="model file from `csae train`")
+    b.add_argument("items", help="(n, d) .npy of embeddings")
+    b.add_argument("-o", "--output", required=True, help="index directory to write")
+    b.add_argument("--ids", default=None, help="(n,) int64 .npy of item ids (default 0..n-1)")
+    b.add_argument("--prune", type=float, default=None, help="keep this share of each posting list (approximate)")
+    b.add_argument("--threads", type=int, default=-1)
+    b.add_argument("--device", default=None)
+    b.set_defaults(run=_build)
+
+    s = sub.add_parser("search", help="search an index with (nq, d) query embeddings")
+    s.add_argument("index", help="index directory from `csae build`")
+    s.add_argument("queries", help="(nq, d) .npy of query embeddings")
+    s.add_argument("-o", "--output", required=True, help="results .npz (ids, scores)")
+    s.add_argument("--top-k", type=int, default=10)
+    s.add_argument("--mode", choices=["sparse", "dense"], default="sparse")
+    s.add_argument("--candidates", default=None, help="dense mode: sparse candidates per query, or 'all'")
+    s.add_argument("--query-terms", type=int, default=None, help="sparse mode: use only the strongest terms")
+    s.add_argument("--threads", type=int, default=-1)
+    s.add_argument("--no-verify", action="store_true", help="skip the checksums when opening the index")
+    s.set_defaults(run=_search)
+
+    d = sub.add_parser("demo", help="train, encode and search real data end to end, printing the figures")
+    d.add_argument("--data", default=None, help="a dataset folder (docs.npy, queries.npy, ...) or an (n, d) .npy")
+    d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's budget)")
+    d.add_argument("--h", type=int, default=4096)
+    d.add_argument("--k", type=int, default=32)
+    d.set_defaults(run=_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, TypeError) as e:
+        print(f"csae {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,69 @@
+"""Compute kernels behind the model, one signature per op whatever the backend.
+
+backend="auto" picks Triton when the tensors are on CUDA and triton imports, and the PyTorch reference otherwise;
+on CPU tensors it stays on the reference even under TRITON_INTERPRET=1 (the interpreter is far too slow for the
+model's training tests), so tests of the kernels on the CPU pass backend="triton". "torch" and "triton" force one;
+"triton" raises if triton is missing, or if the tensors are on the CPU without TRITON_INTERPRET=1.
+triton is imported only when a Triton kernel is first used, so the package works without it.
+"""
+import functools
+import importlib
+import os
+
+from . import reference
+
+BACKENDS = ("auto", "torch", "triton")
+
+
+@functools.lru_cache(maxsize=None)
+def _triton_error() -> str | None:
+    """Why triton cannot be used here, or None."""
+    try:
+        import triton  # noqa: F401
+    except Exception as e:  # ImportError, or a broken install
+        return f"triton is not installed or does not import ({type(e).__name__}: {e})"
+    return None
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+def _resolve(backend: str, device) -> str:
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "auto":
+        return "triton" if device.type == "cuda" and _triton_error() is None else "torch"
+    if backend == "triton":
+        if (why := _triton_error()) is not None:
+            raise RuntimeError(f'backend="triton": {why}')
+        if device.type != "cuda" and not _interpreting():
+            raise RuntimeError(f'backend="triton" needs CUDA tensors (got {device.type}) or TRITON_INTERPRET=1')
+    return backend
+
+
+def _triton_op(module: str, name: str):
+    """The op `name` of the Triton submodule `module` (imported on first use)."""
+    return getattr(importlib.import_module(f"{__name__}.{module}"), name)
+
+
+def topk_encode(x, W_enc, b_enc, k: int, backend: str = "auto"):
+    """Indices (B, k) int64 and signed values (B, k) of the k largest |x @ W_enc + b_enc| per row, by |value| descending.
+
+    x (B, d), W_enc (d, h), b_enc (h,). Gradients flow to W_enc and b_enc through the selected entries only,
+    not to x. Invalid k (not in 1..h) raises ValueError.
+    """
+    reference.check_k(k, W_enc.shape[1])
+    if _resolve(backend, x.device) == "triton":
+        return _triton_op("encode", "topk_encode")(x, W_enc, b_enc, k)
+    return reference.topk_encode(x, W_enc, b_enc, k)
+
+
+def sparse_decode(indices, values, W_dec, backend: str = "auto"):
+    """(B, d) = sum_j values[:, j] * W_dec[indices[:, j]]; indices, values (B, k), W_dec (h, d)."""
+    if _resolve(backend, W_dec.device) == "triton":
+        return _triton_op("decode", "sparse_decode")(indices, values, W_dec)
+    return reference.sparse_decode(indices, values, W_dec)
+
+
+__all__ = ["topk_encode", "sparse_decode", "reference", "BACKENDS"]
