@@ -31,6 +31,7 @@ def main(argv=None):
     p.add_argument("--memmap-items", type=int, default=0,
                    help="instead: train --steps on this many perturbed items written to a temporary .npy")
     p.add_argument("--name", default=None, help="result file name (default from the settings)")
+    p.add_argument("--save", default=None, help="also write the trained model here")
     a = p.parse_args(argv)
     ds = datasets.load(a.data)
     cfg = {"data": ds.name, "h": a.h, "k": a.k, "steps": a.steps, "batch_size": a.batch_size, "lr": a.lr}
@@ -54,6 +55,8 @@ def main(argv=None):
         t = time.perf_counter()
         model = ce.train(ds.docs, h=a.h, k=a.k, steps=a.steps, batch_size=a.batch_size, lr=a.lr)
         seconds = time.perf_counter() - t
+        if a.save:
+            model.save(a.save)
         codes = model.encode(ds.docs)
         X_hat = model.decode(codes)
         X = np.asarray(ds.docs, np.float32)

@@ -65,11 +65,31 @@ void build_windowed(const Index* indices, const Value* values, const uint8_t* ke
     });
 }
 
-// Per-thread scratch: one window's accumulator and a heap, allocated once per batch, never per query.
+// Per-thread scratch: one window's accumulator (kept all zeros between windows) and a heap, allocated once per
+// batch, never per query.
 struct Scratch {
     std::vector<float> acc;
     TopK top;
 };
+
+// acc[ids[p]] += qv * values[p] for one posting list segment.
+inline void accumulate(float* acc, const uint16_t* ids, const float* vals, int64_t cnt, float qv) {
+    for (int64_t p = 0; p < cnt; ++p) acc[ids[p]] += qv * vals[p];
+}
+
+inline void accumulate(float* acc, const uint16_t* ids, const uint16_t* vals, int64_t cnt, float qv) {
+    int64_t p = 0;
+#if defined(__F16C__) && defined(__AVX__)
+    alignas(32) float buf[8];
+    const __m256 q = _mm256_set1_ps(qv);
+    for (; p + 8 <= cnt; p += 8) {
+        __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(vals + p)));
+        _mm256_store_ps(buf, _mm256_mul_ps(v, q));
+        for (int j = 0; j < 8; ++j) acc[ids[p + j]] += buf[j];
+    }
+#endif
+    for (; p < cnt; ++p) acc[ids[p]] += qv * half_to_float(vals[p]);
+}
 
 // Exact top-k of sum_t q_val[t] * value(item, q_lat[t]) over windows [w_begin, w_end); items that share no
 // latent with the query score 0 and compete like any other (scores are signed).
@@ -77,21 +97,16 @@ template <class Value>
 void score_windows(const IndexView<Value>& ix, const int64_t* q_lat, const float* q_val, size_t q_len, size_t w_begin,
                    size_t w_end, Scratch& s) {
     const size_t win = ix.window_size();
-    s.acc.resize(win);
+    if (s.acc.size() != win) s.acc.assign(win, 0.0f);
     float* acc = s.acc.data();
     for (size_t w = w_begin; w < w_end; ++w) {
         const size_t first = w * win, len = std::min(win, ix.n - first);
-        std::fill(acc, acc + len, 0.0f);
         const int64_t* off = ix.offsets + w * ix.h;
         for (size_t t = 0; t < q_len; ++t) {
-            const float qv = q_val[t];
             const int64_t lat = q_lat[t];
-            const uint16_t* ids = ix.local_ids + off[lat];
-            const Value* vals = ix.values + off[lat];
-            const int64_t cnt = off[lat + 1] - off[lat];
-            for (int64_t p = 0; p < cnt; ++p) acc[ids[p]] += qv * to_float(vals[p]);
+            accumulate(acc, ix.local_ids + off[lat], ix.values + off[lat], off[lat + 1] - off[lat], q_val[t]);
         }
-        s.top.push_dense(acc, len, static_cast<int64_t>(first));
+        s.top.push_dense_and_clear(acc, len, static_cast<int64_t>(first));
     }
 }
 

@@ -42,17 +42,23 @@ class TopK {
         }
     }
 
-    // Every score of a dense block of consecutive ids [first_id, first_id + n); skips blocks that cannot enter.
-    void push_dense(const float* scores, size_t n, int64_t first_id) {
+    // Every score of a dense block of consecutive ids [first_id, first_id + n), then zeroes the block (so an
+    // accumulator is ready for reuse without a separate pass). Blocks with no score above the threshold are skipped.
+    void push_dense_and_clear(float* scores, size_t n, int64_t first_id) {
         constexpr size_t B = 16;
         size_t i = 0;
         for (; i + B <= n; i += B) {
-            float m = scores[i];
-            for (size_t j = 1; j < B; ++j) m = std::max(m, scores[i + j]);
-            if (full() && m < threshold()) continue;
-            for (size_t j = 0; j < B; ++j) push(scores[i + j], first_id + static_cast<int64_t>(i + j));
+            const float t = threshold();
+            int any = 0;
+            for (size_t j = 0; j < B; ++j) any |= scores[i + j] >= t;
+            if (any)
+                for (size_t j = 0; j < B; ++j) push(scores[i + j], first_id + static_cast<int64_t>(i + j));
+            for (size_t j = 0; j < B; ++j) scores[i + j] = 0.0f;
         }
-        for (; i < n; ++i) push(scores[i], first_id + static_cast<int64_t>(i));
+        for (; i < n; ++i) {
+            push(scores[i], first_id + static_cast<int64_t>(i));
+            scores[i] = 0.0f;
+        }
     }
 
     // Best first, padded with (-inf, -1) up to k.

@@ -42,9 +42,10 @@ def load(path) -> Dataset:
                    opt("gt_top100.npy"), opt("relevant.npy"), text("docs.txt"), text("queries.txt"))
 
 
-def wordnet_minilm(search=(Path.cwd().parent / "shared", Path.cwd() / "shared")) -> Path:
-    """Path of the WordNet/MiniLM dataset: the shared copy if there is one, else the cache (built if missing)."""
-    for root in search:
+def wordnet_minilm(search=None) -> Path:
+    """Path of the WordNet/MiniLM dataset: the shared copy (../shared or ./shared) if there is one, else the cache
+    (built if missing)."""
+    for root in search or (Path.cwd().parent / "shared", Path.cwd() / "shared"):
         if (root / "data" / "wordnet-minilm" / "docs.npy").exists():
             return root / "data" / "wordnet-minilm"
     out = CACHE / "wordnet-minilm"

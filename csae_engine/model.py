@@ -36,7 +36,7 @@ class CompresSAE(torch.nn.Module):
         gen = torch.Generator().manual_seed(seed)
         W_dec = F.normalize(torch.randn(self.h, self.d, generator=gen), dim=1)
         self.W_dec = torch.nn.Parameter(W_dec)
-        self.W_enc = torch.nn.Parameter(W_dec.T.clone())  # encoder starts as the decoder's transpose
+        self.W_enc = torch.nn.Parameter(W_dec.T.contiguous())  # encoder starts as the decoder's transpose
         self.b_enc = torch.nn.Parameter(torch.zeros(self.h))
         self.backend = "auto"
 
