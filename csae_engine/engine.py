@@ -25,7 +25,7 @@ from .model import CompresSAE, load_model
 INDEX_FORMAT_VERSION = 1
 WINDOW_BITS = 16  # 65,536 items per window: a 256 KiB float accumulator, resident in L2
 MODES = ("sparse", "dense")
-_ARRAYS = ("offsets", "local_ids", "post_values", "fwd_indices", "fwd_values", "ids")
+_ARRAYS = ("offsets", "local_ids", "post_values", "fwd_indices", "fwd_values", "ids")  # ids: only if given
 
 
 class Engine:
@@ -56,7 +56,9 @@ class Engine:
 
     def build(self, X, ids=None, *, batch_size: int = 8192, prune: float | None = None,
               progress: bool | None = None) -> "Engine":
-        """Encode the rows of X (array, memmap or .npy path) and index them. ids: one int64 per row (default 0..n-1).
+        """Encode the rows of X (array, memmap or .npy path) and index them.
+
+        ids: one int64 per row, returned by search; default: the row numbers 0..n-1, which cost no memory.
 
         prune: keep only this share (0 < prune <= 1) of each posting list, its largest |values| (approximate).
         """
@@ -84,8 +86,9 @@ class Engine:
         x_hat_norm = self._reconstruction_norms(codes)
         self._a = {"offsets": offsets, "local_ids": local_ids, "post_values": post_values,
                    "fwd_indices": np.ascontiguousarray(codes.indices),
-                   "fwd_values": (vals / x_hat_norm[:, None]).astype(codes.values.dtype),
-                   "ids": ids}
+                   "fwd_values": (vals / x_hat_norm[:, None]).astype(codes.values.dtype)}
+        if ids is not None:
+            self._a["ids"] = ids
         self.config = {"n": codes.n, "h": codes.h, "k": codes.k, "window_bits": WINDOW_BITS, "prune": prune,
                        "value_dtype": str(codes.values.dtype)}
         self._id_lookup = None
@@ -160,6 +163,8 @@ class Engine:
             return (torch.from_numpy(Q).to(W.device) @ W.T.float()).cpu().numpy()
 
     def _user_ids(self, internal: np.ndarray) -> np.ndarray:
+        if "ids" not in self._a:
+            return internal
         ids = self._a["ids"]
         out = np.where(internal >= 0, ids[np.maximum(internal, 0)], -1)
         return out.astype(np.int64, copy=False)
@@ -168,8 +173,9 @@ class Engine:
         """Row of each user id in the index (the order items were built in); unknown ids raise KeyError."""
         self._require_built()
         if self._id_lookup is None:
-            order = np.argsort(self._a["ids"], kind="stable")
-            self._id_lookup = (self._a["ids"][order], order)
+            known = self._a.get("ids", np.arange(len(self), dtype=np.int64))
+            order = np.argsort(known, kind="stable")
+            self._id_lookup = (known[order], order)
         sorted_ids, order = self._id_lookup
         ids = np.asarray(ids, np.int64)
         pos = np.clip(np.searchsorted(sorted_ids, ids), 0, len(sorted_ids) - 1)
@@ -210,12 +216,12 @@ class Engine:
         try:
             self.model.save(tmp / "model.csae")
             files = {"model.csae": _sha256(tmp / "model.csae")}
-            for name in _ARRAYS:
+            for name in a:
                 np.save(tmp / f"{name}.npy", a[name], allow_pickle=False)
                 files[f"{name}.npy"] = _sha256(tmp / f"{name}.npy")
             manifest = {"format": "csae-engine index", "format_version": INDEX_FORMAT_VERSION, **self.config,
                         "model_sha256": _model_hash(self.model), "files": files,
-                        "dtypes": {name: str(a[name].dtype) for name in _ARRAYS}}
+                        "dtypes": {name: str(a[name].dtype) for name in a}}
             (tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
             if path.exists():
                 old = path.with_name(f".{path.name}.old")
@@ -262,7 +268,9 @@ class Engine:
             raise ValueError(f"{path} was built with a different model than the one given")
         engine = cls(model, num_threads=num_threads)
         arrays = {}
-        for name in _ARRAYS:
+        for name in manifest["dtypes"]:
+            if name not in _ARRAYS:
+                raise ValueError(f"{path}: unknown array {name!r} in the manifest")
             try:
                 arrays[name] = np.load(path / f"{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
             except Exception as e:
@@ -276,9 +284,9 @@ class Engine:
         return engine
 
 
-def _check_ids(ids, n: int) -> np.ndarray:
+def _check_ids(ids, n: int) -> np.ndarray | None:
     if ids is None:
-        return np.arange(n, dtype=np.int64)
+        return None
     ids = np.asarray(ids)
     if ids.shape != (n,):
         raise ValueError(f"ids must have one entry per item, shape ({n},), got {ids.shape}")
@@ -311,8 +319,11 @@ def _check_shapes(a: dict, cfg: dict, path) -> None:
     n, h, k = cfg["n"], cfg["h"], cfg["k"]
     windows = (n + (1 << cfg["window_bits"]) - 1) >> cfg["window_bits"]
     expected = {"offsets": (windows * h + 1,), "fwd_indices": (n, k), "fwd_values": (n, k), "ids": (n,)}
+    missing = set(_ARRAYS) - {"ids"} - set(a)
+    if missing:
+        raise ValueError(f"{path}: the manifest lists no {sorted(missing)}")
     for name, shape in expected.items():
-        if a[name].shape != shape:
+        if name in a and a[name].shape != shape:
             raise ValueError(f"{path}: {name}.npy has shape {a[name].shape}, expected {shape}")
     total = int(a["offsets"][-1])
     if a["local_ids"].shape != (total,) or a["post_values"].shape != (total,):

@@ -190,3 +190,14 @@ def test_empty_engine_and_wrong_codes(small_model):
     other = ce.SparseCodes(np.zeros((3, 2), np.uint16), np.ones((3, 2), np.float16), 512)
     with pytest.raises(ValueError, match="codes have h=512"):
         ce.Engine.from_codes(other, small_model)
+
+
+def test_default_ids_are_row_numbers_and_cost_nothing(small_model, tmp_path):
+    X = unit(np.random.default_rng(8), 300, 32)
+    engine = ce.Engine(small_model).build(X)
+    assert "ids" not in engine.nbytes()
+    ids, _ = engine.search(X[:4], 1, mode="dense", candidates="all")
+    np.testing.assert_array_equal(engine.internal_ids([5, 7]), [5, 7])
+    engine.save(tmp_path / "index")
+    assert not (tmp_path / "index" / "ids.npy").exists()
+    np.testing.assert_array_equal(ce.Engine.load(tmp_path / "index").search(X[:4], 1, mode="dense", candidates="all")[0], ids)
