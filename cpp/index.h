@@ -65,12 +65,17 @@ void build_windowed(const Index* indices, const Value* values, const uint8_t* ke
     });
 }
 
-// Per-thread scratch: one window's accumulator (kept all zeros between windows) and a heap, allocated once per
-// batch, never per query.
+// Per-thread scratch: one window's accumulator (kept all zeros between windows) and a heap. Thread-local, so a
+// thread allocates it once and reuses it for every query it scores, across calls too.
 struct Scratch {
     std::vector<float> acc;
     TopK top;
 };
+
+inline Scratch& thread_scratch() {
+    static thread_local Scratch scratch;
+    return scratch;
+}
 
 // acc[ids[p]] += qv * values[p] for one posting list segment.
 inline void accumulate(float* acc, const uint16_t* ids, const float* vals, int64_t cnt, float qv) {
@@ -122,10 +127,9 @@ void search(const IndexView<Value>& ix, const int64_t* q_lat, const float* q_val
     const size_t W = ix.n_windows();
     size_t parts = (nq >= static_cast<size_t>(threads)) ? 1 : std::min(W, (threads + nq - 1) / nq);
     parts = std::max<size_t>(parts, 1);
-    std::vector<Scratch> scratch(threads);
     if (parts == 1) {
-        parallel_for(nq, threads, [&](size_t q, int tid) {
-            Scratch& s = scratch[tid];
+        parallel_for(nq, threads, [&](size_t q, int) {
+            Scratch& s = thread_scratch();
             s.top.reset(top_k);
             score_windows(ix, q_lat + q * q_len, q_val + q * q_len, q_len, 0, W, s);
             s.top.write_sorted(out_scores + q * top_k, out_ids + q * top_k);
@@ -134,9 +138,9 @@ void search(const IndexView<Value>& ix, const int64_t* q_lat, const float* q_val
     }
     std::vector<float> part_scores(nq * parts * top_k);
     std::vector<int64_t> part_ids(nq * parts * top_k);
-    parallel_for(nq * parts, threads, [&](size_t task, int tid) {
+    parallel_for(nq * parts, threads, [&](size_t task, int) {
         const size_t q = task / parts, p = task % parts;
-        Scratch& s = scratch[tid];
+        Scratch& s = thread_scratch();
         s.top.reset(top_k);
         score_windows(ix, q_lat + q * q_len, q_val + q * q_len, q_len, W * p / parts, W * (p + 1) / parts, s);
         s.top.write_sorted(&part_scores[task * top_k], &part_ids[task * top_k]);

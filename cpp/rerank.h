@@ -5,6 +5,7 @@
 #pragma once
 #include <cstdint>
 #include <stdexcept>
+#include <algorithm>
 #include <string>
 #include <vector>
 
@@ -14,19 +15,40 @@
 
 namespace csae {
 
+// sum_j val[j] * p[idx[j]]
+template <class Index>
+inline float sparse_dot(const Index* idx, const float* val, size_t k, const float* p) {
+    float s = 0.0f;
+    for (size_t j = 0; j < k; ++j) s += val[j] * p[idx[j]];
+    return s;
+}
+
+template <class Index>
+inline float sparse_dot(const Index* idx, const uint16_t* val, size_t k, const float* p) {
+    size_t j = 0;
+    float s = 0.0f;
+#if defined(__F16C__) && defined(__AVX__)
+    alignas(32) float buf[8];
+    __m256 acc = _mm256_setzero_ps();
+    for (; j + 8 <= k; j += 8) {
+        for (int t = 0; t < 8; ++t) buf[t] = p[idx[j + t]];
+        __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(val + j)));
+        acc = _mm256_add_ps(acc, _mm256_mul_ps(v, _mm256_load_ps(buf)));
+    }
+    _mm256_store_ps(buf, acc);
+    for (int t = 0; t < 8; ++t) s += buf[t];
+#endif
+    for (; j < k; ++j) s += half_to_float(val[j]) * p[idx[j]];
+    return s;
+}
+
 template <class Index, class Value>
 struct ForwardCodes {
     size_t n = 0, k = 0;
     const Index* indices = nullptr;  // (n, k)
     const Value* values = nullptr;   // (n, k), divided by |x_hat|
 
-    float dot(const float* p, int64_t item) const {
-        const Index* idx = indices + item * k;
-        const Value* val = values + item * k;
-        float s = 0.0f;
-        for (size_t j = 0; j < k; ++j) s += to_float(val[j]) * p[idx[j]];
-        return s;
-    }
+    float dot(const float* p, int64_t item) const { return sparse_dot(indices + item * k, values + item * k, k, p); }
 };
 
 // candidates (nq, c): item ids, -1 for none. Writes (nq, top_k) best first.
@@ -37,12 +59,14 @@ void rerank(const ForwardCodes<Index, Value>& fc, const float* P, size_t h, size
         if (candidates[i] >= static_cast<int64_t>(fc.n))
             throw std::invalid_argument("candidate " + std::to_string(candidates[i]) + " out of range for n=" + std::to_string(fc.n));
     parallel_for(nq, num_threads, [&](size_t q, int) {
-        TopK top(top_k);
+        thread_local TopK top;
+        thread_local std::vector<int64_t> order;
+        top.reset(top_k);
+        order.assign(candidates + q * c, candidates + (q + 1) * c);
+        std::sort(order.begin(), order.end());  // ascending ids: forward codes are read in address order
         const float* p = P + q * h;
-        for (size_t i = 0; i < c; ++i) {
-            int64_t item = candidates[q * c + i];
+        for (int64_t item : order)
             if (item >= 0) top.push(fc.dot(p, item), item);
-        }
         top.write_sorted(out_scores + q * top_k, out_ids + q * top_k);
     });
 }

@@ -1,20 +1,49 @@
-// Bounded top-k of (score, id) pairs: a min-heap whose root is the worst kept entry.
-// Ties go to the smaller id, so results are deterministic whatever the scan order.
+// Bounded top-k of (score, id) pairs, ids below 2^32. Ties go to the smaller id, so results are deterministic
+// whatever the scan order.
 #pragma once
 #include <algorithm>
 #include <cstdint>
+#include <cstring>
+#include <functional>
 #include <limits>
 #include <vector>
+#if defined(__AVX__)
+#include <immintrin.h>
+#endif
 
 namespace csae {
 
-struct Hit {
-    float score;
-    int64_t id;
-};
+// Bit j set when s[j] >= t, for 16 scores.
+inline uint32_t above(const float* s, float t) {
+#if defined(__AVX__)
+    const __m256 tv = _mm256_set1_ps(t);
+    const uint32_t lo = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(s), tv, _CMP_GE_OQ));
+    const uint32_t hi = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(s + 8), tv, _CMP_GE_OQ));
+    return lo | hi << 8;
+#else
+    uint32_t m = 0;
+    for (int j = 0; j < 16; ++j) m |= static_cast<uint32_t>(s[j] >= t) << j;
+    return m;
+#endif
+}
 
-// a ranks before b
-inline bool better(const Hit& a, const Hit& b) { return a.score > b.score || (a.score == b.score && a.id < b.id); }
+// (score, id) packed into one integer that orders like "ranks before": higher score, then smaller id.
+inline uint64_t hit_key(float score, uint32_t id) {
+    uint32_t bits;
+    std::memcpy(&bits, &score, 4);
+    bits = (bits & 0x80000000u) ? ~bits : bits | 0x80000000u;  // float order as unsigned order
+    return static_cast<uint64_t>(bits) << 32 | (0xffffffffu - id);
+}
+
+inline float key_score(uint64_t key) {
+    uint32_t bits = static_cast<uint32_t>(key >> 32);
+    bits = (bits & 0x80000000u) ? bits & 0x7fffffffu : ~bits;
+    float score;
+    std::memcpy(&score, &bits, 4);
+    return score;
+}
+
+inline int64_t key_id(uint64_t key) { return static_cast<int64_t>(0xffffffffu - static_cast<uint32_t>(key)); }
 
 class TopK {
   public:
@@ -22,38 +51,36 @@ class TopK {
 
     void reset(size_t k) {
         k_ = k;
-        heap_.clear();
-        heap_.reserve(k);
+        buf_.clear();
+        buf_.reserve(capacity());
+        cut_ = 0;
+        cut_score_ = -std::numeric_limits<float>::infinity();
     }
 
-    bool full() const { return heap_.size() == k_; }
-    // Scores at or below this can no longer enter (once full).
-    float threshold() const { return full() ? heap_.front().score : -std::numeric_limits<float>::infinity(); }
+    // Scores below this can no longer enter.
+    float threshold() const { return cut_score_; }
 
-    void push(float score, int64_t id) {
-        Hit hit{score, id};
-        if (!full()) {
-            heap_.push_back(hit);
-            std::push_heap(heap_.begin(), heap_.end(), better);
-        } else if (better(hit, heap_.front())) {
-            std::pop_heap(heap_.begin(), heap_.end(), better);
-            heap_.back() = hit;
-            std::push_heap(heap_.begin(), heap_.end(), better);
-        }
+    void push(float score, int64_t id) { push_key(hit_key(score, static_cast<uint32_t>(id))); }
+
+    void push_key(uint64_t key) {
+        if (key <= cut_) return;
+        buf_.push_back(key);
+        if (buf_.size() == capacity()) compact();
     }
 
     // Every score of a dense block of consecutive ids [first_id, first_id + n), then zeroes the block (so an
-    // accumulator is ready for reuse without a separate pass). Blocks with no score above the threshold are skipped.
+    // accumulator is ready for reuse without a separate pass). Only scores at or above the threshold are pushed.
     void push_dense_and_clear(float* scores, size_t n, int64_t first_id) {
         constexpr size_t B = 16;
         size_t i = 0;
         for (; i + B <= n; i += B) {
-            const float t = threshold();
-            int any = 0;
-            for (size_t j = 0; j < B; ++j) any |= scores[i + j] >= t;
-            if (any)
-                for (size_t j = 0; j < B; ++j) push(scores[i + j], first_id + static_cast<int64_t>(i + j));
-            for (size_t j = 0; j < B; ++j) scores[i + j] = 0.0f;
+            uint32_t mask = above(scores + i, threshold());
+            while (mask) {
+                const int j = __builtin_ctz(mask);
+                mask &= mask - 1;
+                push(scores[i + j], first_id + static_cast<int64_t>(i + j));
+            }
+            std::fill(scores + i, scores + i + B, 0.0f);
         }
         for (; i < n; ++i) {
             push(scores[i], first_id + static_cast<int64_t>(i));
@@ -63,18 +90,31 @@ class TopK {
 
     // Best first, padded with (-inf, -1) up to k.
     void write_sorted(float* scores, int64_t* ids) {
-        std::sort_heap(heap_.begin(), heap_.end(), better);
+        if (buf_.size() > k_) compact();
+        std::sort(buf_.begin(), buf_.end(), std::greater<uint64_t>());
         for (size_t i = 0; i < k_; ++i) {
-            bool have = i < heap_.size();
-            scores[i] = have ? heap_[i].score : -std::numeric_limits<float>::infinity();
-            ids[i] = have ? heap_[i].id : -1;
+            bool have = i < buf_.size();
+            scores[i] = have ? key_score(buf_[i]) : -std::numeric_limits<float>::infinity();
+            ids[i] = have ? key_id(buf_[i]) : -1;
         }
-        heap_.clear();
+        buf_.clear();
     }
 
   private:
+    // A buffer of candidates, cut back to the best k whenever it fills: O(1) amortised per push, even for large k.
+    size_t capacity() const { return 2 * k_ + 32; }
+
+    void compact() {
+        std::nth_element(buf_.begin(), buf_.begin() + (k_ - 1), buf_.end(), std::greater<uint64_t>());
+        buf_.resize(k_);
+        cut_ = buf_[k_ - 1];  // now the k-th best: only better hits can still enter
+        cut_score_ = key_score(cut_);
+    }
+
     size_t k_ = 0;
-    std::vector<Hit> heap_;
+    uint64_t cut_ = 0;
+    float cut_score_;
+    std::vector<uint64_t> buf_;
 };
 
 }  // namespace csae

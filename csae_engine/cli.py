@@ -1,5 +1,6 @@
 """The `csae` command: train, encode, build, search, demo."""
 import argparse
+import os
 import sys
 import time
 
@@ -8,18 +9,38 @@ import numpy as np
 
 def _train(a) -> None:
     from .train import train
+    pairs = _load_pairs(a.pairs) if a.pairs else None
     t = time.perf_counter()
-    model = train(a.items, h=a.h, k=a.k, steps=a.steps, batch_size=a.batch_size, lr=a.lr, seed=a.seed, device=a.device)
+    model = train(a.items, h=a.h, k=a.k, variant=a.variant, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
+                  seed=a.seed, device=a.device, init=a.init, tied=False if a.untied else None, aux_k=a.aux_k,
+                  pairs=pairs, pairs_weight=a.pairs_weight, tau=a.tau)
     model.save(a.output)
     last = model.history[-1]
     print(f"trained {model} in {time.perf_counter() - t:.0f} s: loss {last['loss']:.4f}, "
           f"cos@k {last['cos_k']:.4f}, dead latents {last['dead']:.1%}; saved {a.output}")
 
 
+def _load_pairs(path):
+    """(queries, docs) from an .npz holding two same-shape arrays of those names."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no such pairs file {path!r}")
+    try:
+        f = np.load(path, allow_pickle=False)
+    except Exception as e:
+        raise ValueError(f"pairs file {path!r} is not a readable .npz ({e})") from e
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(f"pairs file {path!r} holds one array; it needs an .npz with 'queries' and 'docs'")
+    with f:
+        missing = {"queries", "docs"} - set(f.files)
+        if missing:
+            raise ValueError(f"pairs file {path!r} lacks arrays {sorted(missing)} (it needs 'queries' and 'docs')")
+        return f["queries"], f["docs"]
+
+
 def _encode(a) -> None:
     from .model import load_model
     model = load_model(a.model, device=a.device or "cpu")
-    codes = model.encode(a.items, k=a.k, value_dtype=np.dtype(a.values), progress=True)
+    codes = model.encode(a.items, k=a.k, value_dtype=a.values, progress=True)
     codes.save(a.output)
     print(f"encoded {codes.n} items: k={codes.k}, {codes.bytes_per_item} bytes/item; saved {a.output}")
 
@@ -55,11 +76,12 @@ def _demo(a) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .train import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS
+    from .model import INITS, VARIANTS
+    from .train import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_PAIRS_WEIGHT, DEFAULT_STEPS, DEFAULT_TAU
     p = argparse.ArgumentParser(prog="csae", description="Compress embeddings into k-sparse codes and search them.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a CompresSAE on an (n, d) .npy of embeddings")
+    t = sub.add_parser("train", help="train a CompresSAE or CSR model on an (n, d) .npy of embeddings")
     t.add_argument("items", help="(n, d) float16/float32 .npy, read memory-mapped")
     t.add_argument("-o", "--output", required=True, help="model file to write (safetensors)")
     t.add_argument("--h", type=int, default=4096, help="latent dims (default 4096)")
@@ -68,6 +90,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help=f"(default {DEFAULT_BATCH})")
     t.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"Adam learning rate (default {DEFAULT_LR})")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--variant", choices=VARIANTS, default="compressae",
+                   help="compressae: signed codes (default); csr: non-negative codes, pre-bias, tied decoder")
+    t.add_argument("--untied", action="store_true", help="csr: a free decoder instead of the encoder's transpose")
+    t.add_argument("--init", choices=INITS, default="transpose", help="encoder start (default: decoder transpose)")
+    t.add_argument("--aux-k", type=int, default=None,
+                   help="AuxK dead latents per item, 0 = off (default: max(2k, d/2) for csr, off for compressae)")
+    t.add_argument("--pairs", default=None, help=".npz of (m, d) arrays 'queries' and 'docs': adds the InfoNCE term")
+    t.add_argument("--pairs-weight", type=float, default=DEFAULT_PAIRS_WEIGHT,
+                   help=f"weight of the InfoNCE term (default {DEFAULT_PAIRS_WEIGHT})")
+    t.add_argument("--tau", type=float, default=DEFAULT_TAU, help=f"InfoNCE temperature (default {DEFAULT_TAU})")
     t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
     t.set_defaults(run=_train)
 
@@ -76,7 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("items", help="(n, d) .npy of embeddings")
     e.add_argument("-o", "--output", required=True, help="codes file to write (.npz)")
     e.add_argument("--k", type=int, default=None, help="non-zeros per code (default: the model's k)")
-    e.add_argument("--values", choices=["float16", "float32"], default="float16", help="value type (default float16)")
+    e.add_argument("--values", choices=["float16", "float32", "int8", "uint8"], default="float16",
+                   help="value type (default float16); int8/uint8 (uint8: csr only) add a float16 scale per item")
     e.add_argument("--device", default=None)
     e.set_defaults(run=_encode)
 

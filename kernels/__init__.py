@@ -5,6 +5,7 @@ on CPU tensors it stays on the reference even under TRITON_INTERPRET=1 (the inte
 model's training tests), so tests of the kernels on the CPU pass backend="triton". "torch" and "triton" force one;
 "triton" raises if triton is missing, or if the tensors are on the CPU without TRITON_INTERPRET=1.
 triton is imported only when a Triton kernel is first used, so the package works without it.
+topk_encode(nonneg=True), CSR's TopK + ReLU, exists only in the reference: "auto" runs it there on any device.
 """
 import functools
 import importlib
@@ -47,13 +48,22 @@ def _triton_op(module: str, name: str):
     return getattr(importlib.import_module(f"{__name__}.{module}"), name)
 
 
-def topk_encode(x, W_enc, b_enc, k: int, backend: str = "auto"):
-    """Indices (B, k) int64 and signed values (B, k) of the k largest |x @ W_enc + b_enc| per row, by |value| descending.
+def topk_encode(x, W_enc, b_enc, k: int, backend: str = "auto", nonneg: bool = False):
+    """Indices (B, k) int64 and values (B, k) of the k strongest entries of z = x @ W_enc + b_enc per row.
 
+    nonneg=False (CompresSAE): the k largest |z|, signed, by |value| descending.
+    nonneg=True (CSR): the k largest z with ReLU applied, so values >= 0, by value descending. It has no Triton
+    kernel: "auto" runs the PyTorch reference for it on any device, and backend="triton" raises NotImplementedError.
     x (B, d), W_enc (d, h), b_enc (h,). Gradients flow to W_enc and b_enc through the selected entries only,
     not to x. Invalid k (not in 1..h) raises ValueError.
     """
     reference.check_k(k, W_enc.shape[1])
+    if nonneg:
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "triton":
+            raise NotImplementedError('topk_encode(nonneg=True) has no Triton kernel; use backend="torch" or "auto"')
+        return reference.topk_encode(x, W_enc, b_enc, k, nonneg=True)
     if _resolve(backend, x.device) == "triton":
         return _triton_op("encode", "topk_encode")(x, W_enc, b_enc, k)
     return reference.topk_encode(x, W_enc, b_enc, k)

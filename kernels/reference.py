@@ -14,25 +14,35 @@ def check_k(k: int, h: int) -> None:
 
 
 class _TopKEncode(torch.autograd.Function):
-    """TopK of |x @ W_enc + b_enc|; the backward is a sparse product with the k selected entries only."""
+    """TopK of z = x @ W_enc + b_enc; the backward is a sparse product with the k selected entries only.
+
+    Signed: the k largest |z| with their signs. Non-negative: the k largest z, then ReLU (negatives become 0 and
+    pass no gradient).
+    """
 
     @staticmethod
-    def forward(ctx, x, W_enc, b_enc, k):
+    def forward(ctx, x, W_enc, b_enc, k, nonneg):
         z = torch.addmm(b_enc, x, W_enc)
-        _, indices = z.abs().topk(k, dim=1, sorted=False)
-        values = z.gather(1, indices)
-        order = values.abs().argsort(dim=1, descending=True)
-        indices = indices.gather(1, order)
-        values = values.gather(1, order)
-        ctx.save_for_backward(x, indices)
-        ctx.h = W_enc.shape[1]
+        if nonneg:
+            values, indices = z.topk(k, dim=1, sorted=True)
+            values = values.clamp_min(0)
+        else:
+            _, indices = z.abs().topk(k, dim=1, sorted=False)
+            values = z.gather(1, indices)
+            order = values.abs().argsort(dim=1, descending=True)
+            indices = indices.gather(1, order)
+            values = values.gather(1, order)
+        ctx.save_for_backward(x, indices, values)
+        ctx.h, ctx.nonneg = W_enc.shape[1], nonneg
         ctx.mark_non_differentiable(indices)
         return indices, values
 
     @staticmethod
     def backward(ctx, _grad_indices, grad_values):
-        x, indices = ctx.saved_tensors
+        x, indices, values = ctx.saved_tensors
         grad_x = grad_W = grad_b = None
+        if ctx.nonneg:
+            grad_values = grad_values * (values > 0)
         flat_idx = indices.reshape(-1)
         flat_grad = grad_values.reshape(-1).to(x.dtype)
         if ctx.needs_input_grad[1]:
@@ -41,7 +51,7 @@ class _TopKEncode(torch.autograd.Function):
             grad_b = torch.zeros(ctx.h, dtype=x.dtype, device=x.device).index_add_(0, flat_idx, flat_grad)
         if ctx.needs_input_grad[0]:
             raise NotImplementedError("topk_encode does not differentiate with respect to x")
-        return grad_x, grad_W, grad_b, None
+        return grad_x, grad_W, grad_b, None, None
 
 
 def _scatter_rows(flat_idx, flat_weight, rows, h):
@@ -53,13 +63,16 @@ def _scatter_rows(flat_idx, flat_weight, rows, h):
     return torch.sparse.mm(S, rows)
 
 
-def topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int):
-    """indices, values of the k entries of largest |x @ W_enc + b_enc| per row, ordered by |value| descending.
+def topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int, nonneg: bool = False):
+    """indices, values of the k strongest entries of z = x @ W_enc + b_enc per row, strongest first.
 
-    Gradients flow to W_enc and b_enc (only through the selected entries), not to x.
+    nonneg=False: the k largest |z|, signed, ordered by |value| descending.
+    nonneg=True: the k largest z, ReLU applied (values >= 0; fewer than k positive z leave zeros), by value descending.
+    Gradients flow to W_enc and b_enc (only through the selected entries, and for nonneg only the positive ones),
+    not to x.
     """
     check_k(k, W_enc.shape[1])
-    return _TopKEncode.apply(x, W_enc, b_enc, k)
+    return _TopKEncode.apply(x, W_enc, b_enc, k, bool(nonneg))
 
 
 def sparse_decode(indices: torch.Tensor, values: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:

@@ -94,3 +94,94 @@ def test_damaged_and_foreign_codes_files_are_refused(tmp_path):
         ce.load_codes(tmp_path / "junk.npz")
     with pytest.raises(FileNotFoundError):
         ce.load_codes(tmp_path / "missing.npz")
+
+
+# 8-bit values with a float16 scale per row
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8"])
+def test_quantization_error_is_at_most_half_a_step(dtype):
+    rng = np.random.default_rng(6)
+    values = rng.standard_normal((500, 9)).astype(np.float32) * rng.uniform(1e-6, 30, (500, 1)).astype(np.float32)
+    if dtype == "uint8":
+        values = np.abs(values)
+    values[3] = 0  # an all-zero row (CSR codes can have one)
+    codes = ce.SparseCodes(np.tile(np.arange(9), (500, 1)), values, 4096).quantize(dtype)
+    assert codes.values.dtype == np.dtype(dtype) and codes.scales.dtype == np.float16 and codes.quantized
+    step = codes.scales.astype(np.float32)[:, None]
+    err = np.abs(codes.float_values() - values)
+    assert (err <= step / 2 * (1 + 1e-6)).all()
+    qmax = 127 if dtype == "int8" else 255
+    assert (step[:, 0] <= np.abs(values).max(axis=1) / qmax * (1 + 2 ** -10) + 1e-7).all(), "no wasted range"
+    assert (codes.float_values()[3] == 0).all()
+
+
+def test_bytes_per_item_of_8bit_codes_is_exact():
+    rng = np.random.default_rng(7)
+    f16 = random_codes(rng, 10, 32, 4096)
+    q = random_codes(rng, 10, 42, 4096).quantize("int8")
+    assert f16.bytes_per_item == 32 * (2 + 2) == 128
+    assert q.bytes_per_item == 42 * (2 + 1) + 2 == 128
+    assert q.nbytes == 10 * 128
+    assert "int8 + float16 row scale, 128 bytes/item" in repr(q)
+
+
+def test_8bit_codes_save_load_round_trip_and_dequantize(tmp_path):
+    rng = np.random.default_rng(8)
+    codes = random_codes(rng, 50, 6, 4096, np.float32)
+    q = codes.quantize("int8")
+    q.save(tmp_path / "q.npz")
+    back = ce.load_codes(tmp_path / "q.npz")
+    for name in ("indices", "values", "scales"):
+        np.testing.assert_array_equal(getattr(back, name), getattr(q, name))
+    with np.load(tmp_path / "q.npz") as f:
+        assert int(f["format_version"]) == 2
+    dense = np.zeros((50, 4096), np.float32)
+    np.put_along_axis(dense, q.indices.astype(np.int64), q.float_values(), axis=1)
+    np.testing.assert_array_equal(back.to_csr().toarray(), dense)
+    offsets, ids, values = back.to_postings()
+    assert values.dtype == np.float32 and np.isin(values, q.float_values()).all()
+    # slicing and truncation keep each row's scale
+    np.testing.assert_array_equal(q[5:9].float_values(), q.float_values()[5:9])
+    np.testing.assert_array_equal(q[7].float_values(), q.float_values()[7:8])
+    np.testing.assert_array_equal(q.truncate(2).float_values(), q.float_values()[:, :2])
+
+
+def test_float_codes_are_still_written_and_read_as_version_1(tmp_path):
+    codes = random_codes(np.random.default_rng(9), 20, 4, 300)
+    codes.save(tmp_path / "c.npz")
+    with np.load(tmp_path / "c.npz") as f:
+        assert int(f["format_version"]) == 1 and "scales" not in f.files
+    np.savez(tmp_path / "old.npz", indices=codes.indices, values=codes.values, h=np.int64(300),
+             format_version=np.int64(1))  # as written before 8-bit codes
+    back = ce.load_codes(tmp_path / "old.npz")
+    np.testing.assert_array_equal(back.values, codes.values)
+    assert back.scales is None and back.float_values().dtype == np.float32
+    np.savez(tmp_path / "new.npz", indices=codes.indices, values=codes.values, h=np.int64(300),
+             format_version=np.int64(3))
+    with pytest.raises(ValueError, match="format version 3, this build reads 1..2"):
+        ce.load_codes(tmp_path / "new.npz")
+
+
+def test_8bit_codes_refuse_bad_construction():
+    idx = np.zeros((2, 3), int) + np.arange(3)
+    with pytest.raises(ValueError, match="int8 values need per-row scales"):
+        ce.SparseCodes(idx, np.ones((2, 3), np.int8), 10)
+    with pytest.raises(ValueError, match="scales apply to 8-bit values only"):
+        ce.SparseCodes(idx, np.ones((2, 3), np.float16), 10, np.ones(2, np.float16))
+    with pytest.raises(ValueError, match=r"scales must be \(2,\) float16"):
+        ce.SparseCodes(idx, np.ones((2, 3), np.int8), 10, np.ones(2, np.float32))
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        ce.SparseCodes(idx, np.ones((2, 3), np.int8), 10, np.array([1, np.nan], np.float16))
+    with pytest.raises(ValueError, match="uint8 values need non-negative codes"):
+        ce.SparseCodes(idx, -np.ones((2, 3), np.float32), 10).quantize("uint8")
+    with pytest.raises(ValueError, match="8-bit values must be int8 or uint8"):
+        ce.SparseCodes(idx, np.ones((2, 3), np.float32), 10).quantize("int4")
+
+
+def test_nonnegative_check_and_latent_counts_skip_zero_values():
+    idx = np.array([[0, 1, 2], [2, 3, 4]])
+    signed = ce.SparseCodes(idx, np.array([[1, -1, 0.5], [1, 1, 1]], np.float16), 8)
+    relu = ce.SparseCodes(idx, np.array([[1, 0.5, 0], [1, 0, 0]], np.float16), 8)
+    assert not signed.is_nonnegative and relu.is_nonnegative and relu.quantize("uint8").is_nonnegative
+    np.testing.assert_array_equal(relu.latent_counts(), [1, 1, 1, 0, 0, 0, 0, 0])
+    np.testing.assert_array_equal(signed.latent_counts(), [1, 1, 2, 1, 1, 0, 0, 0])
