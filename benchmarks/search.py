@@ -39,6 +39,15 @@ def qps(fn, nq: int, repeat: int = 2) -> float:
     return nq / best
 
 
+def interleaved(fns: dict, reps: int) -> dict:
+    """Median seconds of each function, run in turn (A B A B ...) so that drifts in machine speed hit all alike."""
+    times = {name: [] for name in fns}
+    for _ in range(reps):
+        for name, fn in fns.items():
+            times[name].append(_timed(fn))
+    return {name: float(np.median(t)) for name, t in times.items()}
+
+
 def _timed(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -62,8 +71,11 @@ def main(argv=None):
     p.add_argument("--items", type=int, default=0, help="0: the dataset's items; else this many perturbed ones")
     p.add_argument("--latency-queries", type=int, default=1000, help="queries timed one by one")
     p.add_argument("--queries", type=int, default=10000, help="queries in the all-core batch and for recall")
+    p.add_argument("--slow-queries", type=int, default=1000,
+                   help="queries for the exhaustive peers (scipy, FAISS flat); their recall and QPS use these")
     p.add_argument("--top-k", type=int, nargs="+", default=[10, 100])
     p.add_argument("--peers", nargs="*", default=["scipy", "faiss-flat", "faiss-hnsw", "seismic"])
+    p.add_argument("--ratio-reps", type=int, default=5, help="interleaved runs for the dense/sparse batch ratio")
     p.add_argument("--name", default=None)
     a = p.parse_args(argv)
     command = "python -m benchmarks.search " + " ".join(argv if argv is not None else sys.argv[1:])
@@ -119,8 +131,9 @@ def main(argv=None):
         base = {"top_k": top_k}
 
         def add(method, single, batch, found, note=""):
-            row = dict(base, method=method, **single, all_core_qps=batch,
-                       recall_vs_dense=recall(found, gt, top_k), recall_vs_exact_sparse=recall(found, exact_sparse, top_k))
+            m = len(found)  # the slow peers answer the first m queries only
+            row = dict(base, method=method, **single, all_core_qps=batch, recall_vs_dense=recall(found, gt[:m], top_k),
+                       recall_vs_exact_sparse=recall(found, exact_sparse[:m], top_k))
             if note:
                 row["note"] = note
             rows.append(row)
@@ -147,17 +160,19 @@ def main(argv=None):
                 part = np.argpartition(-S, top_k - 1, axis=1)[:, :top_k]
                 return np.take_along_axis(part, np.argsort(-np.take_along_axis(S, part, 1), axis=1), 1)
 
-            found = np.concatenate([scipy_topk(slice(s, s + 100)) for s in range(0, nq, 100)])
+            ns = min(nq, a.slow_queries)
+            found = np.concatenate([scipy_topk(slice(s, min(ns, s + 100))) for s in range(0, ns, 100)])
             add("scipy CSR product + argpartition", latencies(lambda i: scipy_topk(slice(i, i + 1)), min(nl, 200)),
-                qps(lambda: [scipy_topk(slice(s, s + 100)) for s in range(0, nq, 100)], nq, 1), found,
-                "same codes; single-threaded library")
+                qps(lambda: [scipy_topk(slice(s, min(ns, s + 100))) for s in range(0, ns, 100)], ns, 1), found,
+                f"same codes; single-threaded library; {ns} queries")
         if "faiss-flat" in a.peers:
             faiss.omp_set_num_threads(1)
             single = latencies(lambda i: flat.search(Q[i:i + 1], top_k), min(nl, 300))
             faiss.omp_set_num_threads(os.cpu_count())
-            found = flat.search(Q, top_k)[1]
-            add("FAISS IndexFlatIP (dense float32)", single, qps(lambda: flat.search(Q, top_k), nq, 1), found,
-                f"{Xf.shape[1] * 4} bytes/item")
+            ns = min(nq, a.slow_queries)
+            found = flat.search(Q[:ns], top_k)[1]
+            add("FAISS IndexFlatIP (dense float32)", single, qps(lambda: flat.search(Q[:ns], top_k), ns, 1), found,
+                f"{Xf.shape[1] * 4} bytes/item; {ns} queries")
         if hnsw is not None:
             hnsw.hnsw.efSearch = max(64, 2 * top_k)
             faiss.omp_set_num_threads(1)
@@ -170,6 +185,14 @@ def main(argv=None):
             res = _seismic(a_, q_idx, q_val, n, model, top_k, nl, cfg)
             if res is not None:
                 add(*res)
+
+    # the cost of dense mode over sparse mode for batches, measured in turn
+    top_k = a.top_k[0]
+    med = interleaved({"sparse": lambda: engine.search(Q, top_k, num_threads=-1),
+                       "dense1000": lambda: engine.search(Q, top_k, mode="dense", candidates=1000, num_threads=-1)},
+                      a.ratio_reps)
+    cfg["dense_rerank_1000_over_sparse"] = med["dense1000"] / med["sparse"]
+    print("dense rerank of 1,000 candidates / sparse, batch of", nq, "queries:", cfg["dense_rerank_1000_over_sparse"])
 
     # approximate knobs, at the first top_k
     top_k = a.top_k[0]
@@ -196,7 +219,9 @@ def main(argv=None):
     cols = ["top_k", "method", "p50_ms", "p99_ms", "all_core_qps", "recall_vs_dense", "recall_vs_exact_sparse", "note"]
     md = (f"{n} items, d={X.shape[1]}, h={model.h}, k={model.k}; {nq} queries ({nl} timed one by one); "
           f"index {cfg['index_bytes_per_item']:.1f} bytes/item = {cfg['index_over_raw_codes']:.2f}x the raw codes "
-          f"({cfg['index_over_raw_codes_with_int64_ids']:.2f}x with an int64 user-id map); build {build_s:.1f} s\n\n"
+          f"({cfg['index_over_raw_codes_with_int64_ids']:.2f}x with an int64 user-id map); build {build_s:.1f} s; "
+          f"a batch in dense mode with 1,000 candidates takes {cfg['dense_rerank_1000_over_sparse']:.2f}x the time of "
+          f"sparse mode (median of {a.ratio_reps} interleaved runs)\n\n"
           + md_table(rows, cols) + "\n\nApproximate knobs (top_k=%d):\n\n" % top_k
           + md_table(knobs, ["knob", "value", "p50_ms", "p99_ms", "recall_vs_exact_sparse", "recall_vs_dense", "build_s", "postings"]))
     print(md)

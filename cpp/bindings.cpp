@@ -40,6 +40,19 @@ void require_2d(const py::array& a, const char* name) {
         throw std::invalid_argument(std::string(name) + " must be 2-D (n, k), got " + std::to_string(a.ndim()) + "-D");
 }
 
+// The (nq, top_k) ids and scores a search writes into.
+struct Results {
+    py::array_t<int64_t> ids;
+    py::array_t<float> scores;
+    Results(size_t nq, int64_t top_k)
+        : ids(std::vector<size_t>{nq, checked(top_k)}), scores(std::vector<size_t>{nq, checked(top_k)}) {}
+    static size_t checked(int64_t top_k) {
+        if (top_k <= 0) throw std::invalid_argument("top_k must be positive");
+        return static_cast<size_t>(top_k);
+    }
+    py::tuple tuple() const { return py::make_tuple(ids, scores); }
+};
+
 template <class Index, class Value>
 py::tuple build_postings_typed(const py::array& indices_in, const py::array& values_in, size_t h, int num_threads) {
     auto indices = py::array_t<Index, py::array::c_style | py::array::forcecast>::ensure(indices_in);
@@ -137,7 +150,6 @@ py::tuple sparse_search(const py::array& offsets, const py::array& local_ids, co
     require_2d(q_val, "query values");
     if (q_lat.shape(0) != q_val.shape(0) || q_lat.shape(1) != q_val.shape(1))
         throw std::invalid_argument("query indices and values must have the same shape");
-    if (top_k <= 0) throw std::invalid_argument("top_k must be positive");
     require_values_dtype(values, "values");
     const size_t W = csae::windows_for(n, window_bits);
     if (offsets.ndim() != 1 || static_cast<size_t>(offsets.shape(0)) != W * h + 1)
@@ -147,13 +159,12 @@ py::tuple sparse_search(const py::array& offsets, const py::array& local_ids, co
         off[W * h] != static_cast<int64_t>(local_ids.shape(0)))
         throw std::invalid_argument("postings arrays disagree with offsets");
     const size_t nq = q_lat.shape(0), q_len = q_lat.shape(1);
-    py::array_t<int64_t> out_ids({nq, static_cast<size_t>(top_k)});
-    py::array_t<float> out_scores({nq, static_cast<size_t>(top_k)});
+    Results out(nq, top_k);
     const uint16_t* ids = exact<uint16_t>(local_ids, "local_ids");
     const int64_t* ql = q_lat.data();
     const float* qv = q_val.data();
-    int64_t* oi = out_ids.mutable_data();
-    float* os = out_scores.mutable_data();
+    int64_t* oi = out.ids.mutable_data();
+    float* os = out.scores.mutable_data();
     const bool half = is_half(values);
     {
         py::gil_scoped_release release;
@@ -165,7 +176,7 @@ py::tuple sparse_search(const py::array& offsets, const py::array& local_ids, co
         if (half) run(static_cast<const uint16_t*>(values.data()));
         else run(static_cast<const float*>(values.data()));
     }
-    return py::make_tuple(out_ids, out_scores);
+    return out.tuple();
 }
 
 // Calls fn(ForwardCodes<Index, Value>) for the arrays' dtypes.
@@ -202,33 +213,29 @@ py::tuple dense_rerank(const py::array& fwd_indices, const py::array& fwd_values
     auto cand = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(candidates_in);
     require_2d(cand, "candidates");
     if (cand.shape(0) != P.shape(0)) throw std::invalid_argument("candidates and projections disagree on nq");
-    if (top_k <= 0) throw std::invalid_argument("top_k must be positive");
     const size_t nq = P.shape(0), h = P.shape(1), c = cand.shape(1);
-    py::array_t<int64_t> out_ids({nq, static_cast<size_t>(top_k)});
-    py::array_t<float> out_scores({nq, static_cast<size_t>(top_k)});
-    int64_t* oi = out_ids.mutable_data();
-    float* os = out_scores.mutable_data();
+    Results out(nq, top_k);
+    int64_t* oi = out.ids.mutable_data();
+    float* os = out.scores.mutable_data();
     with_forward(fwd_indices, fwd_values, [&](auto fc) {
         py::gil_scoped_release release;
         csae::rerank(fc, P.data(), h, nq, cand.data(), c, top_k, oi, os, num_threads);
     });
-    return py::make_tuple(out_ids, out_scores);
+    return out.tuple();
 }
 
 py::tuple dense_scan(const py::array& fwd_indices, const py::array& fwd_values, const py::array& P_in, int64_t top_k,
                      int num_threads) {
     auto P = projections(P_in);
-    if (top_k <= 0) throw std::invalid_argument("top_k must be positive");
     const size_t nq = P.shape(0), h = P.shape(1);
-    py::array_t<int64_t> out_ids({nq, static_cast<size_t>(top_k)});
-    py::array_t<float> out_scores({nq, static_cast<size_t>(top_k)});
-    int64_t* oi = out_ids.mutable_data();
-    float* os = out_scores.mutable_data();
+    Results out(nq, top_k);
+    int64_t* oi = out.ids.mutable_data();
+    float* os = out.scores.mutable_data();
     with_forward(fwd_indices, fwd_values, [&](auto fc) {
         py::gil_scoped_release release;
         csae::scan_all(fc, P.data(), h, nq, top_k, oi, os, num_threads);
     });
-    return py::make_tuple(out_ids, out_scores);
+    return out.tuple();
 }
 
 }  // namespace

@@ -50,9 +50,10 @@ class Engine:
 
     # building
     @classmethod
-    def from_codes(cls, codes: SparseCodes, model: CompresSAE, ids=None, **kwargs) -> "Engine":
+    def from_codes(cls, codes: SparseCodes, model: CompresSAE, ids=None, *, prune: float | None = None,
+                   num_threads: int = -1) -> "Engine":
         """An engine over codes already encoded by model."""
-        return cls(model, **{k: kwargs.pop(k) for k in ("num_threads",) if k in kwargs}).build_codes(codes, ids, **kwargs)
+        return cls(model, num_threads=num_threads).build_codes(codes, ids, prune=prune)
 
     def build(self, X, ids=None, *, batch_size: int = 8192, prune: float | None = None,
               progress: bool | None = None) -> "Engine":

@@ -1,6 +1,7 @@
 """The training loop: Adam on the multi-k reconstruction loss, batches sampled from data that may not fit in memory;
 optionally AuxK for dead latents and an InfoNCE term on query/document pairs."""
 import math
+import numbers
 import queue
 import threading
 import time
@@ -56,10 +57,10 @@ def train(X, h: int = 4096, k: int = 32, *, variant: str | None = None, steps: i
             raise ValueError(f"{name} must be a positive int, got {v!r}")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}")
-    if not (isinstance(tau, (int, float)) and math.isfinite(tau) and tau > 0):
+    if not (isinstance(tau, numbers.Real) and math.isfinite(tau) and tau > 0):
         raise ValueError(f"tau must be a positive number, got {tau!r}")
     for name, v in (("aux_weight", aux_weight), ("pairs_weight", pairs_weight)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v >= 0):
+        if not (isinstance(v, numbers.Real) and math.isfinite(v) and v >= 0):
             raise ValueError(f"{name} must be a number >= 0, got {v!r}")
     if model is None:
         model = new_model("compressae" if variant is None else variant, d, h, k, seed=seed, init=init, tied=tied)
@@ -77,9 +78,10 @@ def train(X, h: int = 4096, k: int = 32, *, variant: str | None = None, steps: i
         raise ValueError(f"aux_k must be an int in 0..h={model.h} (0 turns AuxK off), got {aux_k!r}")
     if pairs is not None:
         pairs = check_pairs(pairs, model.d)
-        pairs_batch = min(batch_size, len(pairs[0])) if pairs_batch is None else pairs_batch
+        pairs_batch = batch_size if pairs_batch is None else pairs_batch
         if not isinstance(pairs_batch, (int, np.integer)) or isinstance(pairs_batch, bool) or pairs_batch < 2:
             raise ValueError(f"pairs_batch must be an int >= 2 (in-batch negatives), got {pairs_batch!r}")
+        pairs_batch = min(pairs_batch, len(pairs[0]))
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model.to(device).train()
     batch_size = min(batch_size, n)
@@ -91,8 +93,7 @@ def train(X, h: int = 4096, k: int = 32, *, variant: str | None = None, steps: i
     last_fired = torch.zeros(model.h, dtype=torch.int64, device=device)
     pair_iter = None
     if pairs is not None:
-        pair_iter = _pair_batches(*(torch.from_numpy(p).to(device) for p in pairs), min(pairs_batch, len(pairs[0])),
-                                  seed)
+        pair_iter = _pair_batches(*(torch.from_numpy(p).to(device) for p in pairs), pairs_batch, seed)
     seen = 0
     model.history = []
     from tqdm.auto import tqdm
