@@ -36,7 +36,7 @@ from .common import RESULTS, SHARED_WORDNET, md_table, write_result
 EXPERIMENTS = {
     "a": "signed CompresSAE vs non-negative CSR (each with its default AuxK setting)",
     "b": "each variant with and without AuxK",
-    "c": "CompresSAE encoder init: decoder transpose vs random",
+    "c": "CompresSAE encoder init: decoder transpose vs random, and random with AuxK",
     "d": "fine-tuning on train-half (query, answer) pairs, with and without the contrastive term",
     "e": "8-bit values at k8 vs float16 at k, at equal bytes per item",
     "f": "adaptive k: the first k' entries of each code, no retraining",
@@ -183,10 +183,15 @@ class Bench:
                 self.evaluate("b", "csr", self.csr(), aux_k=csr_aux)]
 
     def exp_c(self):
-        return [self.evaluate("c", "compressae", self.compressae(), init="transpose"),
+        aux_k = ce.CompresSAE(self.docs.shape[1], self.a.h, self.a.k).default_aux_k
+        return [self.evaluate("c", "compressae", self.compressae(), init="transpose", aux_k=0),
                 self.evaluate("c", "compressae-random-init",
                               self.model("compressae-random-init", variant="compressae", init="random"),
-                              init="random")]
+                              init="random", aux_k=0),
+                # a random start leaves dead latents: what AuxK is for
+                self.evaluate("c", "compressae-random-init+auxk",
+                              self.model("compressae-random-init+auxk", variant="compressae", init="random",
+                                         aux_k=aux_k), init="random", aux_k=aux_k)]
 
     def exp_d(self):
         Q = self.queries[self.train_q]
@@ -224,7 +229,7 @@ class Bench:
                f"of the test half."]
         common = ["model", "k", "values", "bytes_per_item", "recall@10", "recall@100", "sparse_recall@10", "task@10",
                   "task_sparse@10", "dead_share", "train_s"]
-        extra = {"a": ["aux_k"], "b": ["aux_k"], "c": ["init"], "d": ["fine_tune"], "e": [], "f": []}
+        extra = {"a": ["aux_k"], "b": ["aux_k"], "c": ["init", "aux_k"], "d": ["fine_tune"], "e": [], "f": []}
         for letter in only:
             sub = [r for r in rows if r["exp"] == letter]
             out += [f"\n## {letter}: {EXPERIMENTS[letter]}\n", md_table(sub, common[:1] + extra[letter] + common[1:])]

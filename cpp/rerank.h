@@ -15,30 +15,38 @@
 
 namespace csae {
 
-// sum_j val[j] * p[idx[j]]
-template <class Index>
-inline float sparse_dot(const Index* idx, const float* val, size_t k, const float* p) {
-    float s = 0.0f;
-    for (size_t j = 0; j < k; ++j) s += val[j] * p[idx[j]];
-    return s;
-}
+inline float value_at(const float* val, size_t j) { return val[j]; }
+inline float value_at(const uint16_t* val, size_t j) { return half_to_float(val[j]); }  // float16 bits
 
-template <class Index>
-inline float sparse_dot(const Index* idx, const uint16_t* val, size_t k, const float* p) {
+#if defined(__AVX2__) && defined(__F16C__)
+// Eight indices widened to int32 lanes, and eight values as float32.
+inline __m256i load_index8(const uint8_t* idx) {
+    return _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(idx)));
+}
+inline __m256i load_index8(const uint16_t* idx) {
+    return _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(idx)));
+}
+inline __m256i load_index8(const uint32_t* idx) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx)); }
+inline __m256 load_value8(const float* val) { return _mm256_loadu_ps(val); }
+inline __m256 load_value8(const uint16_t* val) {
+    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(val)));
+}
+#endif
+
+// sum_j val[j] * p[idx[j]]; eight terms at a time with an AVX2 gather where available.
+template <class Index, class Value>
+inline float sparse_dot(const Index* idx, const Value* val, size_t k, const float* p) {
     size_t j = 0;
     float s = 0.0f;
-#if defined(__F16C__) && defined(__AVX__)
-    alignas(32) float buf[8];
+#if defined(__AVX2__) && defined(__F16C__)
     __m256 acc = _mm256_setzero_ps();
-    for (; j + 8 <= k; j += 8) {
-        for (int t = 0; t < 8; ++t) buf[t] = p[idx[j + t]];
-        __m256 v = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(val + j)));
-        acc = _mm256_add_ps(acc, _mm256_mul_ps(v, _mm256_load_ps(buf)));
-    }
-    _mm256_store_ps(buf, acc);
-    for (int t = 0; t < 8; ++t) s += buf[t];
+    for (; j + 8 <= k; j += 8)
+        acc = _mm256_fmadd_ps(load_value8(val + j), _mm256_i32gather_ps(p, load_index8(idx + j), 4), acc);
+    __m128 half4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    half4 = _mm_add_ps(half4, _mm_movehl_ps(half4, half4));
+    s = _mm_cvtss_f32(_mm_add_ss(half4, _mm_movehdup_ps(half4)));
 #endif
-    for (; j < k; ++j) s += half_to_float(val[j]) * p[idx[j]];
+    for (; j < k; ++j) s += value_at(val, j) * p[idx[j]];
     return s;
 }
 
@@ -49,7 +57,20 @@ struct ForwardCodes {
     const Value* values = nullptr;   // (n, k), divided by |x_hat|
 
     float dot(const float* p, int64_t item) const { return sparse_dot(indices + item * k, values + item * k, k, p); }
+
+    // Asks for an item's codes ahead of use: candidates are scattered over the whole index, each a cache miss.
+    void prefetch(int64_t item) const {
+        const char* ib = reinterpret_cast<const char*>(indices + item * k);
+        const char* vb = reinterpret_cast<const char*>(values + item * k);
+        __builtin_prefetch(ib);
+        __builtin_prefetch(ib + k * sizeof(Index) - 1);
+        __builtin_prefetch(vb);
+        __builtin_prefetch(vb + k * sizeof(Value) - 1);
+    }
 };
+
+// Candidates scored this many ahead of their prefetch.
+constexpr size_t kPrefetchDistance = 24;
 
 // candidates (nq, c): item ids, -1 for none. Writes (nq, top_k) best first.
 template <class Index, class Value>
@@ -60,13 +81,13 @@ void rerank(const ForwardCodes<Index, Value>& fc, const float* P, size_t h, size
             throw std::invalid_argument("candidate " + std::to_string(candidates[i]) + " out of range for n=" + std::to_string(fc.n));
     parallel_for(nq, num_threads, [&](size_t q, int) {
         thread_local TopK top;
-        thread_local std::vector<int64_t> order;
         top.reset(top_k);
-        order.assign(candidates + q * c, candidates + (q + 1) * c);
-        std::sort(order.begin(), order.end());  // ascending ids: forward codes are read in address order
         const float* p = P + q * h;
-        for (int64_t item : order)
-            if (item >= 0) top.push(fc.dot(p, item), item);
+        const int64_t* cand = candidates + q * c;
+        for (size_t i = 0; i < c; ++i) {  // any order: TopK breaks ties by id
+            if (i + kPrefetchDistance < c && cand[i + kPrefetchDistance] >= 0) fc.prefetch(cand[i + kPrefetchDistance]);
+            if (cand[i] >= 0) top.push(fc.dot(p, cand[i]), cand[i]);
+        }
         top.write_sorted(out_scores + q * top_k, out_ids + q * top_k);
     });
 }

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import _core
-from .codes import SparseCodes
+from .codes import SparseCodes, index_dtype
 from .data import unit_rows
 from .model import CompresSAE, load_model
 
@@ -76,32 +76,38 @@ class Engine:
         if codes.n >= 2**32:
             raise ValueError(f"{codes.n} items exceed one index's 2^32 - 1")
         ids = _check_ids(ids, codes.n)
-        vals = codes.values.astype(np.float32)
+        vals = codes.float_values()  # 8-bit codes are dequantised and indexed as float16
+        value_dtype = np.float16 if codes.quantized else codes.values.dtype
         norms = np.linalg.norm(vals, axis=1, keepdims=True)
         if not (norms > 0).all():
             raise ValueError(f"code of item {int(np.argmin(norms[:, 0] > 0))} is all zeros")
-        post_values = (vals / norms).astype(codes.values.dtype)
+        post_values = (vals / norms).astype(value_dtype)
         keep = None if prune is None else _prune_mask(codes, post_values, prune)
         offsets, local_ids, post_values = _core.build_windowed(codes.indices, post_values, keep, codes.h, WINDOW_BITS,
                                                                self.num_threads)
-        x_hat_norm = self._reconstruction_norms(codes)
+        inv_norm = 1 / self._reconstruction_norms(codes.indices, vals)
+        fwd_indices, fwd_values = codes.indices, vals * inv_norm[:, None]
+        if self.model.decoder_bias is not None:
+            # x_hat = code @ W_dec + b: the bias rides as one more term, latent h, whose projection is q . b
+            fwd_indices = np.hstack([fwd_indices, np.full((codes.n, 1), codes.h)]).astype(index_dtype(codes.h + 1))
+            fwd_values = np.hstack([fwd_values, inv_norm[:, None]])
         self._a = {"offsets": offsets, "local_ids": local_ids, "post_values": post_values,
-                   "fwd_indices": np.ascontiguousarray(codes.indices),
-                   "fwd_values": (vals / x_hat_norm[:, None]).astype(codes.values.dtype)}
+                   "fwd_indices": np.ascontiguousarray(fwd_indices),
+                   "fwd_values": np.ascontiguousarray(fwd_values.astype(value_dtype))}
         if ids is not None:
             self._a["ids"] = ids
         self.config = {"n": codes.n, "h": codes.h, "k": codes.k, "window_bits": WINDOW_BITS, "prune": prune,
-                       "value_dtype": str(codes.values.dtype)}
+                       "value_dtype": str(np.dtype(value_dtype))}
         self._id_lookup = None
         return self
 
-    def _reconstruction_norms(self, codes: SparseCodes, batch_size: int = 65536) -> np.ndarray:
+    def _reconstruction_norms(self, indices: np.ndarray, values: np.ndarray, batch_size: int = 65536) -> np.ndarray:
         """|x_hat| per item, decoded in batches."""
-        out = np.empty(codes.n, np.float32)
+        out = np.empty(len(indices), np.float32)
         with torch.no_grad():
-            for s in range(0, codes.n, batch_size):
-                idx = torch.from_numpy(codes.indices[s:s + batch_size].astype(np.int64)).to(self.model.device)
-                val = torch.from_numpy(codes.values[s:s + batch_size].astype(np.float32)).to(self.model.device)
+            for s in range(0, len(indices), batch_size):
+                idx = torch.from_numpy(indices[s:s + batch_size].astype(np.int64)).to(self.model.device)
+                val = torch.from_numpy(values[s:s + batch_size]).to(self.model.device)
                 out[s:s + len(idx)] = self.model.decode_tensor(idx, val).norm(dim=1).cpu().numpy()
         if not (out > 0).all():
             raise ValueError(f"item {int(np.argmin(out > 0))} reconstructs to the zero vector")
@@ -158,10 +164,13 @@ class Engine:
         return np.ascontiguousarray(idx.cpu().numpy()[:, :terms]), np.ascontiguousarray(val[:, :terms])
 
     def _projections(self, Q: np.ndarray) -> np.ndarray:
-        """p = W_dec q for each unit query: (nq, h) float32."""
+        """p = W_dec q for each unit query: (nq, h) float32; with a decoder bias b, one more column q . b."""
         with torch.no_grad():
-            W = self.model.W_dec
-            return (torch.from_numpy(Q).to(W.device) @ W.T.float()).cpu().numpy()
+            W = self.model.W_dec.float()
+            b = self.model.decoder_bias
+            if b is not None:
+                W = torch.cat([W, b.float()[None]])
+            return (torch.from_numpy(Q).to(W.device) @ W.T).cpu().numpy()
 
     def _user_ids(self, internal: np.ndarray) -> np.ndarray:
         if "ids" not in self._a:
@@ -199,6 +208,10 @@ class Engine:
 
     def bytes_per_item(self) -> float:
         return sum(self.nbytes().values()) / max(1, len(self))
+
+    def _forward_width(self) -> int:
+        """Terms per item in the forward codes: k, plus one for a decoder bias."""
+        return self.config["k"] + (self.model.decoder_bias is not None)
 
     def _require_built(self) -> dict:
         if self._a is None:
@@ -279,7 +292,7 @@ class Engine:
             if str(arrays[name].dtype) != manifest["dtypes"][name]:
                 raise ValueError(f"{path}: {name}.npy has dtype {arrays[name].dtype}, expected {manifest['dtypes'][name]}")
         engine.config = {key: manifest[key] for key in ("n", "h", "k", "window_bits", "prune", "value_dtype")}
-        _check_shapes(arrays, engine.config, path)
+        _check_shapes(arrays, engine.config, engine._forward_width(), path)
         engine._a = arrays
         engine._id_lookup = None
         return engine
@@ -316,10 +329,11 @@ def _prune_mask(codes: SparseCodes, values: np.ndarray, keep_share: float) -> np
     return keep.reshape(codes.indices.shape)
 
 
-def _check_shapes(a: dict, cfg: dict, path) -> None:
-    n, h, k = cfg["n"], cfg["h"], cfg["k"]
+def _check_shapes(a: dict, cfg: dict, fwd_width: int, path) -> None:
+    n, h = cfg["n"], cfg["h"]
     windows = (n + (1 << cfg["window_bits"]) - 1) >> cfg["window_bits"]
-    expected = {"offsets": (windows * h + 1,), "fwd_indices": (n, k), "fwd_values": (n, k), "ids": (n,)}
+    expected = {"offsets": (windows * h + 1,), "fwd_indices": (n, fwd_width), "fwd_values": (n, fwd_width),
+                "ids": (n,)}
     missing = set(_ARRAYS) - {"ids"} - set(a)
     if missing:
         raise ValueError(f"{path}: the manifest lists no {sorted(missing)}")

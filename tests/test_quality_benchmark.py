@@ -33,6 +33,7 @@ def test_quality_benchmark_runs_every_experiment_at_tiny_settings(tmp_path, monk
     by = {(r["exp"], r["model"], r["k"]): r for r in rows}
     assert by[("e", "compressae-k5", 5)]["values"] == "int8" and by[("e", "compressae-k5", 5)]["bytes_per_item"] == 12
     assert by[("e", "compressae", 4)]["bytes_per_item"] == 12
+    assert by[("c", "compressae-random-init+auxk", 4)]["aux_k"] > 0
     assert by[("a", "csr", 4)]["nonnegative"] and not by[("a", "compressae", 4)]["nonnegative"]
     assert sorted(r["k"] for r in rows if r["exp"] == "f" and r["model"] == "csr") == [1, 2, 3, 4]
     for r in rows:
