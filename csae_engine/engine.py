@@ -47,6 +47,7 @@ class Engine:
         self.num_threads = num_threads
         self._a: dict | None = None  # the index arrays, see _ARRAYS
         self.config: dict = {}
+        self._decoder = None  # (h [+ 1], d) float32 for dense mode, made once per build
 
     # building
     @classmethod
@@ -99,6 +100,7 @@ class Engine:
         self.config = {"n": codes.n, "h": codes.h, "k": codes.k, "window_bits": WINDOW_BITS, "prune": prune,
                        "value_dtype": str(np.dtype(value_dtype))}
         self._id_lookup = None
+        self._decoder = None
         return self
 
     def _reconstruction_norms(self, indices: np.ndarray, values: np.ndarray, batch_size: int = 65536) -> np.ndarray:
@@ -166,10 +168,11 @@ class Engine:
     def _projections(self, Q: np.ndarray) -> np.ndarray:
         """p = W_dec q for each unit query: (nq, h) float32; with a decoder bias b, one more column q . b."""
         with torch.no_grad():
-            W = self.model.W_dec.float()
-            b = self.model.decoder_bias
-            if b is not None:
-                W = torch.cat([W, b.float()[None]])
+            if self._decoder is None:  # a tied decoder is a fresh transpose copy: make it once, not per search
+                W = self.model.W_dec.float()
+                b = self.model.decoder_bias
+                self._decoder = (W if b is None else torch.cat([W, b.float()[None]])).contiguous()
+            W = self._decoder
             return (torch.from_numpy(Q).to(W.device) @ W.T).cpu().numpy()
 
     def _user_ids(self, internal: np.ndarray) -> np.ndarray:
