@@ -112,7 +112,7 @@ def main(argv=None):
     cfg["index_over_raw_codes_with_int64_ids"] = (sum(nbytes.values()) + 8 * n) / code_bytes
     cfg["build_s"] = build_s
     q_idx, q_val = engine._encode_queries(Q, None)
-    a_ = engine._a
+    a_ = engine._segments[0].arrays
 
     def scorer(i, top_k, threads=1, terms=None, arrays=a_):
         sl = slice(i, i + 1) if i is not None else slice(None)
@@ -209,11 +209,11 @@ def main(argv=None):
         t = time.perf_counter()
         pruned = ce.Engine(model).build_codes(ce.SparseCodes(a_["fwd_indices"], a_["fwd_values"], model.h), prune=share)
         b = time.perf_counter() - t
-        found = scorer(None, top_k, -1, None, pruned._a)[0]
-        knobs.append({"knob": "prune", "value": share, **latencies(lambda i: scorer(i, top_k, 1, None, pruned._a), nl),
+        found = scorer(None, top_k, -1, None, pruned._segments[0].arrays)[0]
+        knobs.append({"knob": "prune", "value": share, **latencies(lambda i: scorer(i, top_k, 1, None, pruned._segments[0].arrays), nl),
                       "recall_vs_exact_sparse": recall(found, exact_sparse, top_k),
                       "recall_vs_dense": recall(found, gt, top_k), "build_s": b,
-                      "postings": int(len(pruned._a["local_ids"]))})
+                      "postings": int(len(pruned._segments[0].arrays["local_ids"]))})
         print(knobs[-1])
 
     cols = ["top_k", "method", "p50_ms", "p99_ms", "all_core_qps", "recall_vs_dense", "recall_vs_exact_sparse", "note"]

@@ -40,6 +40,19 @@ void require_2d(const py::array& a, const char* name) {
         throw std::invalid_argument(std::string(name) + " must be 2-D (n, k), got " + std::to_string(a.ndim()) + "-D");
 }
 
+// An optional (n,) mask of the items a search may return: None, or uint8/bool, non-zero = allowed.
+const uint8_t* allowed_mask(const py::object& mask, size_t n) {
+    if (mask.is_none()) return nullptr;
+    if (!py::isinstance<py::array>(mask)) throw std::invalid_argument("allowed must be a uint8 or bool array");
+    py::array a = py::reinterpret_borrow<py::array>(mask);
+    if ((!a.dtype().is(py::dtype::of<uint8_t>()) && !a.dtype().is(py::dtype::of<bool>())))
+        throw std::invalid_argument("allowed must be a uint8 or bool array");
+    if (a.ndim() != 1 || static_cast<size_t>(a.shape(0)) != n)
+        throw std::invalid_argument("allowed must have one entry per item (" + std::to_string(n) + ")");
+    if (!(a.flags() & py::array::c_style)) throw std::invalid_argument("allowed must be C-contiguous");
+    return static_cast<const uint8_t*>(a.data());
+}
+
 // The (nq, top_k) ids and scores a search writes into.
 struct Results {
     py::array_t<int64_t> ids;
@@ -143,7 +156,7 @@ py::tuple build_windowed(const py::array& indices_in, const py::array& values, p
 
 py::tuple sparse_search(const py::array& offsets, const py::array& local_ids, const py::array& values, int64_t n,
                         int64_t h, int window_bits, const py::array& q_lat_in, const py::array& q_val_in,
-                        int64_t top_k, int num_threads) {
+                        int64_t top_k, int num_threads, const py::object& allowed_in) {
     auto q_lat = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(q_lat_in);
     auto q_val = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(q_val_in);
     require_2d(q_lat, "query indices");
@@ -166,11 +179,12 @@ py::tuple sparse_search(const py::array& offsets, const py::array& local_ids, co
     int64_t* oi = out.ids.mutable_data();
     float* os = out.scores.mutable_data();
     const bool half = is_half(values);
+    const uint8_t* allowed = allowed_mask(allowed_in, static_cast<size_t>(n));
     {
         py::gil_scoped_release release;
         auto run = [&](auto* vals) {
             using V = std::remove_const_t<std::remove_pointer_t<decltype(vals)>>;
-            csae::IndexView<V> ix{static_cast<size_t>(n), static_cast<size_t>(h), static_cast<size_t>(window_bits), off, ids, vals};
+            csae::IndexView<V> ix{static_cast<size_t>(n), static_cast<size_t>(h), static_cast<size_t>(window_bits), off, ids, vals, allowed};
             csae::search(ix, ql, qv, nq, q_len, top_k, oi, os, num_threads);
         };
         if (half) run(static_cast<const uint16_t*>(values.data()));
@@ -225,15 +239,16 @@ py::tuple dense_rerank(const py::array& fwd_indices, const py::array& fwd_values
 }
 
 py::tuple dense_scan(const py::array& fwd_indices, const py::array& fwd_values, const py::array& P_in, int64_t top_k,
-                     int num_threads) {
+                     int num_threads, const py::object& allowed_in) {
     auto P = projections(P_in);
     const size_t nq = P.shape(0), h = P.shape(1);
+    const uint8_t* allowed = allowed_mask(allowed_in, fwd_indices.ndim() > 0 ? fwd_indices.shape(0) : 0);
     Results out(nq, top_k);
     int64_t* oi = out.ids.mutable_data();
     float* os = out.scores.mutable_data();
     with_forward(fwd_indices, fwd_values, [&](auto fc) {
         py::gil_scoped_release release;
-        csae::scan_all(fc, P.data(), h, nq, top_k, oi, os, num_threads);
+        csae::scan_all(fc, P.data(), h, nq, top_k, oi, os, num_threads, allowed);
     });
     return out.tuple();
 }
@@ -252,13 +267,15 @@ PYBIND11_MODULE(_core, m) {
           "keep: None or an (n, k) mask of entries to index.");
     m.def("sparse_search", &sparse_search, py::arg("offsets"), py::arg("local_ids"), py::arg("values"), py::arg("n"),
           py::arg("h"), py::arg("window_bits"), py::arg("query_indices"), py::arg("query_values"), py::arg("top_k"),
-          py::arg("num_threads") = -1,
-          "Exact top-k by the dot product of sparse query codes (nq, q) with the indexed codes: (ids, scores) (nq, top_k).");
+          py::arg("num_threads") = -1, py::arg("allowed") = py::none(),
+          "Exact top-k by the dot product of sparse query codes (nq, q) with the indexed codes: (ids, scores) (nq, top_k).\n"
+          "allowed: None or an (n,) uint8/bool mask of the items that may be returned; fewer allowed than top_k pads with -1.");
     m.def("dense_rerank", &dense_rerank, py::arg("indices"), py::arg("values"), py::arg("projections"),
           py::arg("candidates"), py::arg("top_k"), py::arg("num_threads") = -1,
           "Top-k of candidates (nq, c; -1 = none) by sum_j values[i, j] * projections[q, indices[i, j]].");
     m.def("dense_scan", &dense_scan, py::arg("indices"), py::arg("values"), py::arg("projections"), py::arg("top_k"),
-          py::arg("num_threads") = -1, "Like dense_rerank over every item.");
+          py::arg("num_threads") = -1, py::arg("allowed") = py::none(),
+          "Like dense_rerank over every item (or the items allowed by an (n,) uint8/bool mask).");
 #ifdef CSAE_VERSION
     m.attr("__version__") = CSAE_VERSION;
 #endif

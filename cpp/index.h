@@ -25,6 +25,7 @@ struct IndexView {
     const int64_t* offsets = nullptr;   // n_windows() * h + 1
     const uint16_t* local_ids = nullptr;
     const Value* values = nullptr;
+    const uint8_t* allowed = nullptr;   // n bytes, 0 = skip the item (deleted or filtered out); null: all allowed
 
     size_t window_size() const { return size_t{1} << window_bits; }
     size_t n_windows() const { return (n + window_size() - 1) >> window_bits; }
@@ -97,7 +98,8 @@ inline void accumulate(float* acc, const uint16_t* ids, const uint16_t* vals, in
 }
 
 // Exact top-k of sum_t q_val[t] * value(item, q_lat[t]) over windows [w_begin, w_end); items that share no
-// latent with the query score 0 and compete like any other (scores are signed).
+// latent with the query score 0 and compete like any other (scores are signed), so a query gets top_k results
+// whenever at least top_k items are allowed.
 template <class Value>
 void score_windows(const IndexView<Value>& ix, const int64_t* q_lat, const float* q_val, size_t q_len, size_t w_begin,
                    size_t w_end, Scratch& s) {
@@ -111,7 +113,7 @@ void score_windows(const IndexView<Value>& ix, const int64_t* q_lat, const float
             const int64_t lat = q_lat[t];
             accumulate(acc, ix.local_ids + off[lat], ix.values + off[lat], off[lat + 1] - off[lat], q_val[t]);
         }
-        s.top.push_dense_and_clear(acc, len, static_cast<int64_t>(first));
+        s.top.push_dense_and_clear(acc, len, static_cast<int64_t>(first), ix.allowed ? ix.allowed + first : nullptr);
     }
 }
 

@@ -94,9 +94,10 @@ void rerank(const ForwardCodes<Index, Value>& fc, const float* P, size_t h, size
 
 // Every item against every query: the accuracy ceiling of the codes, O(n k) per query.
 // Items are cut into blocks; each block is scored for all queries while its codes are in cache.
+// allowed: null, or n bytes, 0 = skip the item.
 template <class Index, class Value>
 void scan_all(const ForwardCodes<Index, Value>& fc, const float* P, size_t h, size_t nq, size_t top_k,
-              int64_t* out_ids, float* out_scores, int num_threads) {
+              int64_t* out_ids, float* out_scores, int num_threads, const uint8_t* allowed = nullptr) {
     const int threads = resolve_threads(num_threads);
     const size_t parts = std::max<size_t>(1, std::min<size_t>(threads * 4, fc.n / 4096 + 1));
     std::vector<TopK> tops(nq * parts, TopK(top_k));
@@ -108,7 +109,7 @@ void scan_all(const ForwardCodes<Index, Value>& fc, const float* P, size_t h, si
                 TopK& top = tops[q * parts + part];
                 const float* p = P + q * h;
                 for (size_t item = b, stop = std::min(end, b + block); item < stop; ++item)
-                    top.push(fc.dot(p, static_cast<int64_t>(item)), static_cast<int64_t>(item));
+                    if (!allowed || allowed[item]) top.push(fc.dot(p, static_cast<int64_t>(item)), static_cast<int64_t>(item));
             }
     });
     parallel_for(nq, threads, [&](size_t q, int) {

@@ -9,6 +9,8 @@
 #include <vector>
 #if defined(__AVX__)
 #include <immintrin.h>
+#elif defined(__SSE2__)
+#include <emmintrin.h>
 #endif
 
 namespace csae {
@@ -23,6 +25,18 @@ inline uint32_t above(const float* s, float t) {
 #else
     uint32_t m = 0;
     for (int j = 0; j < 16; ++j) m |= static_cast<uint32_t>(s[j] >= t) << j;
+    return m;
+#endif
+}
+
+// Bit j set when b[j] != 0, for 16 bytes.
+inline uint32_t nonzero16(const uint8_t* b) {
+#if defined(__SSE2__)
+    const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b));
+    return ~static_cast<uint32_t>(_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_setzero_si128()))) & 0xffffu;
+#else
+    uint32_t m = 0;
+    for (int j = 0; j < 16; ++j) m |= static_cast<uint32_t>(b[j] != 0) << j;
     return m;
 #endif
 }
@@ -69,12 +83,14 @@ class TopK {
     }
 
     // Every score of a dense block of consecutive ids [first_id, first_id + n), then zeroes the block (so an
-    // accumulator is ready for reuse without a separate pass). Only scores at or above the threshold are pushed.
-    void push_dense_and_clear(float* scores, size_t n, int64_t first_id) {
+    // accumulator is ready for reuse without a separate pass). Only scores at or above the threshold are pushed,
+    // and, when allowed (n bytes) is given, only those of items whose byte is non-zero.
+    void push_dense_and_clear(float* scores, size_t n, int64_t first_id, const uint8_t* allowed = nullptr) {
         constexpr size_t B = 16;
         size_t i = 0;
         for (; i + B <= n; i += B) {
             uint32_t mask = above(scores + i, threshold());
+            if (allowed && mask) mask &= nonzero16(allowed + i);
             while (mask) {
                 const int j = __builtin_ctz(mask);
                 mask &= mask - 1;
@@ -83,7 +99,7 @@ class TopK {
             std::fill(scores + i, scores + i + B, 0.0f);
         }
         for (; i < n; ++i) {
-            push(scores[i], first_id + static_cast<int64_t>(i));
+            if (!allowed || allowed[i]) push(scores[i], first_id + static_cast<int64_t>(i));
             scores[i] = 0.0f;
         }
     }

@@ -1,4 +1,4 @@
-"""The `csae` command: train, encode, build, search, demo."""
+"""The `csae` command: train, encode, build, search, export, demo."""
 import argparse
 import os
 import sys
@@ -51,14 +51,16 @@ def _build(a) -> None:
     model = load_model(a.model, device=a.device or "cpu")
     ids = np.load(a.ids, allow_pickle=False) if a.ids else None
     t = time.perf_counter()
-    engine = Engine(model, num_threads=a.threads).build(a.items, ids=ids, prune=a.prune, progress=True)
-    engine.save(a.output)
+    engine = Engine(model, num_threads=a.threads).build(a.items, ids=ids, prune=a.prune, shard_size=a.shard_size,
+                                                        directory=a.output, progress=True)
     print(f"indexed {len(engine)} items in {time.perf_counter() - t:.1f} s, "
           f"{engine.bytes_per_item():.1f} bytes/item; saved {a.output}")
 
 
 def _search(a) -> None:
     from .engine import Engine
+    if a.milvus_uri or a.collection:
+        return _search_milvus(a)
     engine = Engine.load(a.index, num_threads=a.threads, verify=not a.no_verify)
     candidates = a.candidates if a.candidates in (None, "all") else int(a.candidates)
     t = time.perf_counter()
@@ -68,6 +70,42 @@ def _search(a) -> None:
     np.savez(a.output, ids=ids, scores=scores)
     print(f"searched {len(ids)} queries ({a.mode}) in {seconds:.3f} s, {len(ids) / seconds:.0f} queries/s; "
           f"saved ids and scores to {a.output}")
+
+
+def _search_milvus(a) -> None:
+    """`csae search INDEX Q --milvus-uri URI --collection NAME`: the index directory (or a model file) gives the
+    model that encodes the queries; Milvus does the search."""
+    from .milvus import search_milvus
+    if not (a.milvus_uri and a.collection):
+        raise ValueError("searching Milvus needs both --milvus-uri and --collection")
+    if a.mode != "sparse" or a.candidates is not None or a.query_terms is not None:
+        raise ValueError("a Milvus collection is searched in sparse mode only (no --mode dense, --candidates, "
+                         "--query-terms)")
+    model = _model_of(a.index, verify=not a.no_verify)
+    t = time.perf_counter()
+    ids, scores = search_milvus(a.milvus_uri, a.collection, model, a.queries, top_k=a.top_k)
+    seconds = time.perf_counter() - t
+    np.savez(a.output, ids=ids, scores=scores)
+    print(f"searched {len(ids)} queries in Milvus collection {a.collection!r} in {seconds:.3f} s; "
+          f"saved ids and scores to {a.output}")
+
+
+def _model_of(path, verify: bool = True):
+    """The model of an index directory, or a model file itself."""
+    from .engine import Engine
+    from .model import load_model
+    if os.path.isdir(path):
+        return Engine.load(path, verify=verify).model
+    return load_model(path)
+
+
+def _export_milvus(a) -> None:
+    from .milvus import export_milvus
+    t = time.perf_counter()
+    n = export_milvus(a.index, a.uri, a.collection, batch_size=a.batch_size, overwrite=a.overwrite, progress=True,
+                      verify=not a.no_verify)
+    print(f"exported {n} codes to Milvus collection {a.collection!r} at {a.uri} "
+          f"in {time.perf_counter() - t:.1f} s")
 
 
 def _demo(a) -> None:
@@ -119,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("-o", "--output", required=True, help="index directory to write")
     b.add_argument("--ids", default=None, help="(n,) int64 .npy of item ids (default 0..n-1)")
     b.add_argument("--prune", type=float, default=None, help="keep this share of each posting list (approximate)")
+    b.add_argument("--shard-size", type=int, default=None,
+                   help="items per shard, each encoded and written on its own (default 4,194,304)")
     b.add_argument("--threads", type=int, default=-1)
     b.add_argument("--device", default=None)
     b.set_defaults(run=_build)
@@ -133,7 +173,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--query-terms", type=int, default=None, help="sparse mode: use only the strongest terms")
     s.add_argument("--threads", type=int, default=-1)
     s.add_argument("--no-verify", action="store_true", help="skip the checksums when opening the index")
+    s.add_argument("--milvus-uri", default=None,
+                   help="search this Milvus instead (a local .db or http://host:19530); INDEX (or a model file) "
+                        "then only supplies the model")
+    s.add_argument("--collection", default=None, help="the Milvus collection from `csae export milvus`")
     s.set_defaults(run=_search)
+
+    x = sub.add_parser("export", help="export an index's codes to another search system")
+    xsub = x.add_subparsers(dest="target", required=True)
+    xm = xsub.add_parser("milvus", help="write the codes to a Milvus collection (SPARSE_FLOAT_VECTOR, metric IP); "
+                                        "CSR (non-negative) codes only")
+    xm.add_argument("index", help="index directory from `csae build`")
+    xm.add_argument("--uri", required=True, help="a local .db file (milvus-lite) or a server, http://host:19530")
+    xm.add_argument("--collection", required=True, help="collection to create")
+    xm.add_argument("--batch-size", type=int, default=5000, help="rows per insert (default 5000)")
+    xm.add_argument("--overwrite", action="store_true", help="replace the collection if it exists")
+    xm.add_argument("--no-verify", action="store_true", help="skip the checksums when opening the index")
+    xm.set_defaults(run=_export_milvus)
 
     d = sub.add_parser("demo", help="train, encode and search real data end to end, printing the figures")
     d.add_argument("--data", default=None, help="a dataset folder (docs.npy, queries.npy, ...) or an (n, d) .npy")
@@ -148,7 +204,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, TypeError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError, TypeError, ImportError) as e:
         print(f"csae {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

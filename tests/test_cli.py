@@ -35,7 +35,8 @@ def test_build_then_search_from_the_shell(tmp_path, capsys):
     model = ce.CompresSAE(d=16, h=96, k=4)
     model.save(tmp_path / "m.csae")
     assert main(["build", str(tmp_path / "m.csae"), str(tmp_path / "items.npy"), "-o", str(tmp_path / "index"),
-                 "--ids", str(tmp_path / "ids.npy")]) == 0
+                 "--ids", str(tmp_path / "ids.npy"), "--shard-size", "150"]) == 0
+    assert len(list((tmp_path / "index").glob("seg-*"))) == 3
     assert main(["search", str(tmp_path / "index"), str(tmp_path / "queries.npy"), "--top-k", "7", "--mode", "dense",
                  "-o", str(tmp_path / "r.npz")]) == 0
     with np.load(tmp_path / "r.npz") as r:

@@ -110,9 +110,8 @@ def test_user_ids_map_both_ways(small_model):
     engine = ce.Engine(small_model).build(X, ids=user_ids)
     ids, _ = engine.search(X[:5], top_k=3, mode="dense", candidates="all")
     assert np.isin(ids, user_ids).all()
-    np.testing.assert_array_equal(engine.internal_ids(user_ids[[4, 0, 99]]), [4, 0, 99])
-    with pytest.raises(KeyError, match="unknown id 5"):
-        engine.internal_ids([5])
+    np.testing.assert_array_equal(engine.ids(), user_ids)
+    assert user_ids[99] in engine and 5 not in engine
     with pytest.raises(ValueError, match="appears more than once"):
         ce.Engine(small_model).build(X, ids=np.zeros(500, np.int64))
     with pytest.raises(ValueError, match=r"shape \(500,\)"):
@@ -138,10 +137,10 @@ def test_pruning_keeps_the_strongest_postings(small_model):
     full = ce.Engine(small_model).build(X, prune=1.0)
     half = ce.Engine(small_model).build(X, prune=0.5)
     np.testing.assert_array_equal(exact.search(X[:20], 10)[0], full.search(X[:20], 10)[0])
-    n_exact, n_half = len(exact._a["local_ids"]), len(half._a["local_ids"])
+    n_exact, n_half = exact.nbytes()["local_ids"], half.nbytes()["local_ids"]
     assert 0.5 * n_exact <= n_half < 0.55 * n_exact
-    pv = np.abs(half._a["post_values"].astype(np.float32))
-    assert pv.mean() > np.abs(exact._a["post_values"].astype(np.float32)).mean()
+    pv = np.abs(half._segments[0].arrays["post_values"].astype(np.float32))
+    assert pv.mean() > np.abs(exact._segments[0].arrays["post_values"].astype(np.float32)).mean()
     with pytest.raises(ValueError, match="prune must be in"):
         ce.Engine(small_model).build(X, prune=0.0)
 
@@ -197,9 +196,10 @@ def test_default_ids_are_row_numbers_and_cost_nothing(small_model, tmp_path):
     engine = ce.Engine(small_model).build(X)
     assert "ids" not in engine.nbytes()
     ids, _ = engine.search(X[:4], 1, mode="dense", candidates="all")
-    np.testing.assert_array_equal(engine.internal_ids([5, 7]), [5, 7])
+    np.testing.assert_array_equal(engine.ids(), np.arange(300))
+    assert 299 in engine and 300 not in engine
     engine.save(tmp_path / "index")
-    assert not (tmp_path / "index" / "ids.npy").exists()
+    assert not list((tmp_path / "index").rglob("ids.npy"))
     np.testing.assert_array_equal(ce.Engine.load(tmp_path / "index").search(X[:4], 1, mode="dense", candidates="all")[0], ids)
 
 
@@ -237,8 +237,9 @@ def test_eight_bit_codes_index_like_their_dequantised_values(variant, dtype):
     dequantised = ce.SparseCodes(codes8.indices, codes8.float_values(), codes8.h)
     engine8 = ce.Engine.from_codes(codes8, model)
     reference = ce.Engine.from_codes(dequantised, model)
-    for mode in ("sparse", "dense"):
-        ids8, s8 = engine8.search(Q, 10, mode=mode)
-        ref_ids, ref = reference.search(Q, 10, mode=mode)
+    for mode, candidates in (("sparse", None), ("dense", "all")):  # dense over sparse candidates inherits ties
+        ids8, s8 = engine8.search(Q, 10, mode=mode, candidates=candidates)
+        ref_ids, ref = reference.search(Q, 10, mode=mode, candidates=candidates)
         np.testing.assert_allclose(s8, ref, atol=2e-3)  # both store float16 in the index
-        assert (ids8 == ref_ids).mean() > 0.8  # 8-bit codes tie often; the scores above are the real check
+        overlap = np.mean([len(np.intersect1d(a, b)) / 10 for a, b in zip(ids8, ref_ids)])
+        assert overlap > 0.9  # 8-bit codes tie often; the scores above are the real check

@@ -18,7 +18,7 @@ def engine():
 def test_save_load_round_trip(engine, tmp_path, mmap):
     engine.save(tmp_path / "index")
     back = ce.Engine.load(tmp_path / "index", mmap=mmap)
-    assert isinstance(back._a["local_ids"], np.memmap) == mmap
+    assert isinstance(back._segments[0].arrays["local_ids"], np.memmap) == mmap
     Q = unit(np.random.default_rng(1), 9, 16)
     for mode in ("sparse", "dense"):
         a, b = engine.search(Q, 7, mode=mode), back.search(Q, 7, mode=mode)
@@ -31,7 +31,7 @@ def test_save_load_round_trip(engine, tmp_path, mmap):
 
 def test_corrupted_file_is_refused(engine, tmp_path):
     engine.save(tmp_path / "index")
-    target = tmp_path / "index" / "post_values.npy"
+    target = tmp_path / "index" / "seg-00000" / "post_values.npy"
     data = bytearray(target.read_bytes())
     data[-3] ^= 0xFF
     target.write_bytes(bytes(data))
@@ -41,7 +41,7 @@ def test_corrupted_file_is_refused(engine, tmp_path):
 
 def test_truncated_file_is_refused_even_without_checksums(engine, tmp_path):
     engine.save(tmp_path / "index")
-    target = tmp_path / "index" / "fwd_values.npy"
+    target = tmp_path / "index" / "seg-00000" / "fwd_values.npy"
     target.write_bytes(target.read_bytes()[:-100])
     with pytest.raises(ValueError, match="fwd_values.npy is corrupted"):
         ce.Engine.load(tmp_path / "index")
@@ -64,8 +64,16 @@ def test_foreign_and_missing(engine, tmp_path):
     with pytest.raises(ValueError, match="manifest.json is damaged"):
         ce.Engine.load(tmp_path / "bad")
     engine.save(tmp_path / "index")
-    (tmp_path / "index" / "ids.npy").unlink()
+    (tmp_path / "index" / "seg-00000" / "ids.npy").unlink()
     with pytest.raises(ValueError, match="ids.npy is missing"):
+        ce.Engine.load(tmp_path / "index")
+
+
+def test_old_format_version_is_refused_with_a_clear_error(engine, tmp_path):
+    engine.save(tmp_path / "index")
+    manifest = json.loads((tmp_path / "index" / "manifest.json").read_text())
+    (tmp_path / "index" / "manifest.json").write_text(json.dumps({**manifest, "format_version": 1}))
+    with pytest.raises(ValueError, match="format version 1.*rebuild"):
         ce.Engine.load(tmp_path / "index")
 
 
@@ -73,7 +81,7 @@ def test_model_mismatch_is_refused(engine, tmp_path):
     engine.save(tmp_path / "index")
     with pytest.raises(ValueError, match="different model"):
         ce.Engine.load(tmp_path / "index", model=ce.CompresSAE(d=16, h=128, k=6, seed=3))
-    assert ce.Engine.load(tmp_path / "index", model=engine.model).config["n"] == 700
+    assert ce.Engine.load(tmp_path / "index", model=engine.model).ids().tolist() == engine.ids().tolist()
 
 
 def test_save_never_replaces_a_foreign_directory(engine, tmp_path):
