@@ -10,7 +10,6 @@ filter that allows 1% of the items. RSS there includes the index pages the searc
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -20,7 +19,7 @@ import numpy as np
 
 from csae_engine import datasets
 
-from .common import SHARED_WORDNET, md_table, perturbed, write_result
+from .common import RESULTS, SHARED_WORDNET, md_table, perturbed, write_result
 from .search import latencies, qps
 
 CACHE = datasets.CACHE / "bench"
@@ -31,11 +30,32 @@ def _build(a) -> None:
     model = ce.load_model(a.model)
     t = time.perf_counter()
     ce.Engine(model).build(a.items_path, shard_size=a.shard_size, directory=a.index, progress=True)
-    print(json.dumps({"build_s": time.perf_counter() - t}))
+    print(json.dumps({"build_s": time.perf_counter() - t, "build_peak_rss_mib": _peak_rss_mib()}))
+
+
+def _peak_rss_mib() -> float:
+    """This process's peak RSS since exec (VmHWM); getrusage would also count the parent's pages at fork time."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
 
 
 def _dir_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+BUILD_FIGURES = ("build_s", "build_peak_rss_mib", "index_bytes_on_disk", "index_bytes_per_item")
+
+
+def _build_stage(a, items: Path, index: Path) -> dict:
+    t = time.perf_counter()
+    child = subprocess.run([sys.executable, "-m", "benchmarks.scale", "--stage", "build", "--model", a.model,
+                            "--items-path", str(items), "--index", str(index), "--shard-size", str(a.shard_size)],
+                           check=True, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE, text=True)
+    out = {"build_s": time.perf_counter() - t,
+           "build_peak_rss_mib": json.loads(child.stdout.strip().splitlines()[-1])["build_peak_rss_mib"],
+           "index_bytes_on_disk": _dir_bytes(index)}
+    out["index_bytes_per_item"] = out["index_bytes_on_disk"] / a.items
+    return out
 
 
 def main(argv=None):
@@ -47,6 +67,8 @@ def main(argv=None):
     p.add_argument("--index", default=None, help="index directory (default: in the benchmark cache)")
     p.add_argument("--latency-queries", type=int, default=200)
     p.add_argument("--queries", type=int, default=1000)
+    p.add_argument("--search-only", action="store_true",
+                   help="reuse the index and the build figures of the last run's result file; time the searches again")
     p.add_argument("--stage", choices=["all", "build"], default="all", help=argparse.SUPPRESS)
     p.add_argument("--items-path", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
@@ -62,14 +84,13 @@ def main(argv=None):
     cfg = {"items": a.items, "shard_size": a.shard_size, "items_file_bytes": items.stat().st_size,
            "items_dtype": "float16", "ram_bytes": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")}
 
-    t = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "benchmarks.scale", "--stage", "build", "--model", a.model,
-                    "--items-path", str(items), "--index", str(index), "--shard-size", str(a.shard_size)],
-                   check=True, cwd=Path(__file__).resolve().parents[1])
-    cfg["build_s"] = time.perf_counter() - t
-    cfg["build_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    cfg["index_bytes_on_disk"] = _dir_bytes(index)
-    cfg["index_bytes_per_item"] = cfg["index_bytes_on_disk"] / a.items
+    name = f"scale_{ds.name}_{a.items}"
+    if a.search_only:
+        previous = json.loads((RESULTS / f"{name}.json").read_text())
+        cfg.update({key: previous["config"][key] for key in BUILD_FIGURES})
+        cfg["build_figures_from"] = f"commit {previous['commit']}, {previous['date']}"
+    else:
+        cfg.update(_build_stage(a, items, index))
     print(cfg)
 
     import torch
@@ -89,17 +110,17 @@ def main(argv=None):
     engine.search(Q, 10, num_threads=-1)  # first pass: faults the index pages in
     cfg["first_batch_s"] = time.perf_counter() - t
     rows = []
-    for name, kw in (("sparse", {}), ("dense rerank 100", {"mode": "dense"}),
-                     ("sparse, filter allows 1%", {"allow_ids": allow})):
+    for method, kw in (("sparse", {}), ("dense rerank 100", {"mode": "dense"}),
+                       ("sparse, filter allows 1%", {"allow_ids": allow})):
         single = latencies(lambda i: engine.search(Q[i:i + 1], 10, num_threads=1, **kw), nl)  # noqa: B023
         single_all = latencies(lambda i: engine.search(Q[i:i + 1], 10, num_threads=-1, **kw), nl)  # noqa: B023
-        row = {"method": name, "top_k": 10, **single, "p50_ms_all_cores": single_all["p50_ms"],
+        row = {"method": method, "top_k": 10, **single, "p50_ms_all_cores": single_all["p50_ms"],
                "all_core_qps": qps(lambda: engine.search(Q, 10, num_threads=-1, **kw), len(Q), 1)}  # noqa: B023
         rows.append(row)
         print(row)
     found, _ = engine.search(Q[:50], 10, allow_ids=allow)
     cfg["filter_results_all_allowed"] = bool(np.isin(found, allow).all() and (found >= 0).all())
-    cfg["search_peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    cfg["search_peak_rss_mib"] = _peak_rss_mib()
     md = (f"{a.items:,} items (perturbed WordNet/MiniLM, float16 .npy of {cfg['items_file_bytes'] / 2**30:.1f} GiB) "
           f"in {cfg['segments']} shards of {a.shard_size:,}; machine RAM {cfg['ram_bytes'] / 2**30:.0f} GiB.\n\n"
           f"Build {cfg['build_s'] / 60:.1f} min, peak RSS {cfg['build_peak_rss_mib']:.0f} MiB; index on disk "
@@ -107,7 +128,7 @@ def main(argv=None):
           f"in {cfg['open_s']:.2f} s (mapped); search RSS peak {cfg['search_peak_rss_mib']:.0f} MiB (includes "
           f"mapped index pages).\n\n"
           + md_table(rows, ["method", "top_k", "p50_ms", "p99_ms", "p50_ms_all_cores", "all_core_qps"]))
-    path = write_result(f"scale_{ds.name}_{a.items}", cfg, rows, command, md)
+    path = write_result(name, cfg, rows, command, md)
     print(f"wrote {path}")
 
 
