@@ -1,4 +1,4 @@
-"""The `csae` command: train, encode, build, search, export, demo."""
+"""The `csae` command: train, encode, build, search, export, bench, demo."""
 import argparse
 import os
 import sys
@@ -191,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     xm.add_argument("--no-verify", action="store_true", help="skip the checksums when opening the index")
     xm.set_defaults(run=_export_milvus)
 
+    sub.add_parser("bench", add_help=False,
+                   help="compression quality and speed against every peer (source checkout only; csae bench --help)")
+
     d = sub.add_parser("demo", help="train, encode and search real data end to end, printing the figures")
     d.add_argument("--data", default=None, help="a dataset folder (docs.npy, queries.npy, ...) or an (n, d) .npy")
     d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's budget)")
@@ -200,7 +203,29 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _bench(argv) -> int:
+    """`csae bench ...`: benchmarks/compare.py of the source checkout this package was installed from."""
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    if not (root / "benchmarks" / "compare.py").exists():
+        print(f"csae bench: error: the benchmarks are not installed with the package; run it from a source checkout "
+              f"(git clone, then pip install -e .): no benchmarks/compare.py in {root}", file=sys.stderr)
+        return 2
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from benchmarks.compare import main as compare
+    try:
+        compare(list(argv), prog="csae bench")
+    except (ValueError, FileNotFoundError, ImportError) as e:
+        print(f"csae bench: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # its options belong to benchmarks/compare.py
+        return _bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
