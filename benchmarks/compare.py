@@ -34,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from csae_engine.metrics import recall
+
 from .common import RESULTS, SHARED_WORDNET, md_table, write_result
 
 DEFAULT_K = (8, 16, 32, 64)
@@ -346,11 +348,6 @@ def evaluate(method: Method, data: Data, *, latency_queries: int, budget_s: floa
         f"R@100 {row['recall@100']:.4f}, {row['qps_all_cores']:.0f} QPS ({row['qps_1_thread']:.0f} on 1 thread), "
         f"p50 {row['p50_ms']:.2f} ms")
     return row
-
-
-def recall(found, truth, k: int) -> float:
-    from csae_engine.metrics import recall as _recall
-    return _recall(found, truth, k)
 
 
 # the run

@@ -35,6 +35,17 @@ _ARRAYS = ("offsets", "local_ids", "post_values", "fwd_indices", "fwd_values", "
 _CONFIG = ("h", "k", "window_bits", "prune", "value_dtype", "shard_size")
 
 
+def query_codes(model: CompresSAE, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Codes of unit query rows as sparse mode scores them: (indices (nq, k) int64, values (nq, k) float32 with unit
+    norm; a code with no non-zero value, possible for CSR, stays all zeros and scores 0 everywhere)."""
+    with torch.no_grad():
+        idx, val = model.encode_tensor(torch.from_numpy(Q).to(model.device), k)
+    val = val.float()
+    norms = val.norm(dim=1, keepdim=True)
+    val = torch.where(norms > 0, val / norms.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(val))
+    return idx.cpu().numpy().astype(np.int64), val.cpu().numpy()
+
+
 class Segment:
     """One immutable part of the index: windowed posting lists (sparse mode), forward codes (dense mode), user ids
     (absent: first_id + row), and a live mask (None: every row live). Updates make new Segment objects."""
@@ -42,12 +53,9 @@ class Segment:
     def __init__(self, arrays: dict, first_id: int = 0, live: np.ndarray | None = None, files: dict | None = None):
         self.arrays, self.first_id, self.live = arrays, int(first_id), live
         self.n = len(arrays["fwd_indices"])
+        self.n_live = self.n if live is None else int(np.count_nonzero(live))  # once: searches read it
         self.files = files or {}  # name -> (path, sha256, inode) of the files the arrays are mapped from
         self._lookup = None
-
-    @property
-    def n_live(self) -> int:
-        return self.n if self.live is None else int(np.count_nonzero(self.live))
 
     def ids(self) -> np.ndarray:
         if "ids" in self.arrays:
@@ -386,11 +394,8 @@ class Engine:
         terms = k if query_terms is None else query_terms
         if not isinstance(terms, (int, np.integer)) or not 0 < terms <= k:
             raise ValueError(f"query_terms must be in 1..{k}, got {query_terms!r}")
-        with torch.no_grad():
-            idx, val = self.model.encode_tensor(torch.from_numpy(Q).to(self.model.device), k)
-        val = val.float()
-        val = (val / val.norm(dim=1, keepdim=True)).cpu().numpy()
-        return np.ascontiguousarray(idx.cpu().numpy()[:, :terms]), np.ascontiguousarray(val[:, :terms])
+        idx, val = query_codes(self.model, Q, k)
+        return np.ascontiguousarray(idx[:, :terms]), np.ascontiguousarray(val[:, :terms])
 
     def _projections(self, Q: np.ndarray) -> np.ndarray:
         """p = W_dec q for each unit query: (nq, h) float32; with a decoder bias b, one more column q . b."""

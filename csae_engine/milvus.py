@@ -13,7 +13,6 @@ import contextlib
 import os
 
 import numpy as np
-import torch
 
 ID_FIELD = "id"
 CODE_FIELD = "code"
@@ -165,20 +164,6 @@ def _insert(client, collection: str, engine, n: int, batch_size: int, progress) 
     return written
 
 
-def encode_queries(model, Q) -> tuple[np.ndarray, np.ndarray]:
-    """Query codes as sparse mode makes them: (idx (nq, k) int64, val (nq, k) float32, unit-norm rows).
-
-    Q rows are L2-normalised first. A query whose code is all zeros (possible for CSR) gets all-zero values."""
-    from .data import unit_rows
-    Q = unit_rows(model._check_input(Q, "Q")[:], 0, "Q")
-    with torch.no_grad():
-        idx, val = model.encode_tensor(torch.from_numpy(Q).to(model.device), model.k)
-    val = val.float()
-    norms = val.norm(dim=1, keepdim=True)
-    val = torch.where(norms > 0, val / norms.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(val))
-    return np.ascontiguousarray(idx.cpu().numpy().astype(np.int64)), np.ascontiguousarray(val.cpu().numpy())
-
-
 def search_milvus(uri, collection: str, model, Q, top_k: int = 10, *, batch_size: int = 256,
                   **client_kwargs) -> tuple[np.ndarray, np.ndarray]:
     """The top_k items for each query row of Q from a collection written by export_milvus, like
@@ -188,7 +173,8 @@ def search_milvus(uri, collection: str, model, Q, top_k: int = 10, *, batch_size
     different model is refused. Milvus returns only items that share a latent with the query (score > 0): where
     fewer than top_k do, the row ends with id -1 and score 0 (our engine fills those places with score-0 items).
     """
-    from .engine import Engine
+    from .data import unit_rows
+    from .engine import Engine, query_codes
     if isinstance(model, Engine):
         model = model.model
     if not isinstance(top_k, (int, np.integer)) or not 0 < top_k <= MAX_TOP_K:
@@ -196,7 +182,7 @@ def search_milvus(uri, collection: str, model, Q, top_k: int = 10, *, batch_size
     if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     _check_unsigned(model)
-    q_idx, q_val = encode_queries(model, Q)
+    q_idx, q_val = query_codes(model, unit_rows(model._check_input(Q, "Q")[:], 0, "Q"), model.k)
     client = _connect(uri, **client_kwargs)
     try:
         with _Calls(f"open collection {collection!r}"):
