@@ -117,8 +117,9 @@ def main(argv=None):
     def scorer(i, top_k, threads=1, terms=None, arrays=a_):
         sl = slice(i, i + 1) if i is not None else slice(None)
         qi, qv = q_idx[sl, :terms], q_val[sl, :terms]
-        return _core.sparse_search(arrays["offsets"], arrays["local_ids"], arrays["post_values"], n, model.h, 16,
-                                   np.ascontiguousarray(qi), np.ascontiguousarray(qv), top_k, threads)
+        return _core.sparse_search(arrays["offsets"], arrays["local_ids"], arrays["post_values"], n, model.h,
+                                   engine.config["window_bits"], np.ascontiguousarray(qi), np.ascontiguousarray(qv),
+                                   top_k, threads)
 
     if "scipy" in a.peers:
         D = ce.SparseCodes(a_["fwd_indices"], a_["fwd_values"].astype(np.float32), model.h).to_csr()

@@ -15,16 +15,16 @@
 
 namespace csae {
 
-// Bit j set when s[j] >= t, for 16 scores.
+// Bit j set when s[j] > t, for 16 scores.
 inline uint32_t above(const float* s, float t) {
 #if defined(__AVX__)
     const __m256 tv = _mm256_set1_ps(t);
-    const uint32_t lo = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(s), tv, _CMP_GE_OQ));
-    const uint32_t hi = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(s + 8), tv, _CMP_GE_OQ));
+    const uint32_t lo = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(s), tv, _CMP_GT_OQ));
+    const uint32_t hi = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(s + 8), tv, _CMP_GT_OQ));
     return lo | hi << 8;
 #else
     uint32_t m = 0;
-    for (int j = 0; j < 16; ++j) m |= static_cast<uint32_t>(s[j] >= t) << j;
+    for (int j = 0; j < 16; ++j) m |= static_cast<uint32_t>(s[j] > t) << j;
     return m;
 #endif
 }
@@ -83,8 +83,9 @@ class TopK {
     }
 
     // Every score of a dense block of consecutive ids [first_id, first_id + n), then zeroes the block (so an
-    // accumulator is ready for reuse without a separate pass). Only scores at or above the threshold are pushed,
-    // and, when allowed (n bytes) is given, only those of items whose byte is non-zero.
+    // accumulator is ready for reuse without a separate pass). Blocks must come in increasing id order: then a
+    // score equal to the threshold loses its tie (larger id) and only scores above it are pushed. When allowed
+    // (n bytes) is given, only items whose byte is non-zero are pushed.
     void push_dense_and_clear(float* scores, size_t n, int64_t first_id, const uint8_t* allowed = nullptr) {
         constexpr size_t B = 16;
         size_t i = 0;

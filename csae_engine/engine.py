@@ -27,7 +27,7 @@ from .codes import SparseCodes, index_dtype
 from .data import unit_rows
 from .model import CompresSAE, _progress, load_model
 
-INDEX_FORMAT_VERSION = 2
+INDEX_FORMAT_VERSION = 3  # 3: posting lists in latent-major order
 WINDOW_BITS = 16  # 65,536 items per window: a 256 KiB float accumulator, resident in L2
 DEFAULT_SHARD_SIZE = 1 << 22  # items per shard when building to disk
 MODES = ("sparse", "dense")
@@ -414,12 +414,16 @@ class Engine:
         h, win = self.config["h"], 1 << self.config["window_bits"]
         for seg in self._require_built():
             a = seg.arrays
-            for w in range(len(a["offsets"]) // h):
+            windows = (len(a["offsets"]) - 1) // h
+            off = np.asarray(a["offsets"]).reshape(-1)
+            for w in range(windows):
                 first, size = w * win, min(win, seg.n - w * win)
-                off = np.asarray(a["offsets"][w * h:(w + 1) * h + 1])
-                lat = np.repeat(np.arange(h, dtype=np.int32), np.diff(off))
-                rows = np.asarray(a["local_ids"][off[0]:off[-1]], np.int32)
-                vals = np.asarray(a["post_values"][off[0]:off[-1]], np.float32)
+                starts, ends = off[w:-1:windows], off[w + 1::windows]  # each latent's postings in window w
+                counts = ends - starts
+                at = np.repeat(starts - np.cumsum(counts) + counts, counts) + np.arange(counts.sum())
+                lat = np.repeat(np.arange(h, dtype=np.int32), counts)
+                rows = np.asarray(a["local_ids"][at], np.int32)
+                vals = np.asarray(a["post_values"][at], np.float32)
                 block = sp.csr_matrix((vals, (rows, lat)), shape=(size, h))
                 block.sort_indices()
                 live = np.arange(size) if seg.live is None else np.flatnonzero(seg.live[first:first + size])

@@ -88,6 +88,39 @@ def test_many_windows_and_split_queries_agree():
     assert serial[0].max() > 2 * 65536, "results must come from the last window too"
 
 
+@pytest.mark.parametrize("window_bits", [1, 3, 7])
+def test_small_windows_equal_scipy(window_bits):
+    # many windows, lists that skip some of them, and a latent no item uses
+    rng = np.random.default_rng(window_bits)
+    n, k, h = 1000, 3, 40
+    idx = np.sort(rng.choice(h - 1, (n, k)), 1).astype(np.uint16)
+    val = rng.standard_normal((n, k)).astype(np.float16)
+    off, lid, pv = _core.build_windowed(idx, val, None, h, window_bits)
+    assert len(off) == ((n + (1 << window_bits) - 1) >> window_bits) * h + 1 and (np.diff(off) >= 0).all()
+    q_idx = np.concatenate([rng.choice(h - 1, (5, 4)), np.full((5, 1), h - 1)], 1)
+    q_val = rng.standard_normal((5, 5)).astype(np.float32)
+    ids, scores = _core.sparse_search(off, lid, pv, n, h, window_bits, q_idx, q_val, 12, 1)
+    D = sp.csr_matrix((val.astype(np.float32).reshape(-1), idx.reshape(-1).astype(np.int64),
+                       np.arange(0, n * k + 1, k)), shape=(n, h))
+    Qm = sp.csr_matrix((q_val.reshape(-1), q_idx.reshape(-1), np.arange(0, 26, 5)), shape=(5, h))
+    assert_same_topk(ids, scores, (Qm @ D.T).toarray(), 12, atol=1e-5)
+
+
+def test_iter_codes_are_the_scored_codes_across_windows(trained, monkeypatch):
+    model, X, _ = trained
+    monkeypatch.setattr(ce.engine, "WINDOW_BITS", 5)
+    ids = np.arange(300) * 3 + 7
+    engine = ce.Engine(model).build(X[:300], ids=ids)
+    engine.delete([7, 10, 904])
+    got = list(engine.iter_codes(64))
+    got_ids = np.concatenate([i for i, _ in got])
+    live = ~np.isin(ids, [7, 10, 904])
+    np.testing.assert_array_equal(got_ids, ids[live])
+    codes = model.encode(X[:300])
+    want = normalised_csr(codes.indices, codes.values, model.h)[np.flatnonzero(live)].toarray()
+    np.testing.assert_allclose(sp.vstack([b for _, b in got]).toarray(), want, atol=1e-3)
+
+
 def test_dense_mode_equals_naive_reconstruct_then_cosine(trained, wordnet):
     model, X, engine = trained
     Q = wordnet["queries"][:40].astype(np.float32)
