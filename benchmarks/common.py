@@ -30,7 +30,25 @@ def perturbed(base: np.ndarray, n: int, out: Path, noise: float = 0.05, seed: in
 
 
 def peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """This process's peak RSS since exec (Linux VmHWM; getrusage would also count the parent's pages at fork)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    except (OSError, StopIteration):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def sparse_scorer(engine):
+    """The C++ scorer alone on the engine's first segment: fn(q_idx, q_val, top_k, threads) -> (rows, scores)."""
+    from csae_engine import _core
+    seg = engine._segments[0]
+    a = seg.arrays
+
+    def score(q_idx, q_val, top_k, threads):
+        return _core.sparse_search(a["offsets"], a["local_ids"], a["post_values"], seg.n, engine.config["h"],
+                                   engine.config["window_bits"], np.ascontiguousarray(q_idx),
+                                   np.ascontiguousarray(q_val), top_k, threads)
+    return score
 
 
 def machine() -> dict:

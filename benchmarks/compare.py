@@ -40,7 +40,7 @@ from .common import RESULTS, SHARED_WORDNET, md_table, write_result
 
 DEFAULT_K = (8, 16, 32, 64)
 DEFAULT_H = (1024, 4096, 8192)
-DEFAULT_STEPS = 500          # the 12-model grid trains in about 25 min on 2 CPU cores (h=8192 costs 2x h=4096)
+DEFAULT_STEPS = 500          # the 12-model grid trains in about 20 min on 2 CPU cores (h=8192: 1.3-2x h=4096)
 DEFAULT_BATCH = 1024
 DEFAULT_PEER_BYTES = (32, 64, 128, 256)
 DEFAULT_CANDIDATES = 1000    # dense rerank and binary rescoring: candidates per query

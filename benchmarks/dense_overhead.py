@@ -14,7 +14,7 @@ import csae_engine as ce
 from csae_engine import _core, datasets
 from csae_engine.data import unit_rows
 
-from .common import SHARED_WORDNET, md_table, write_result
+from .common import SHARED_WORDNET, md_table, sparse_scorer, write_result
 from .search import interleaved, load_items
 
 
@@ -36,10 +36,8 @@ def main(argv=None):
     arrays, n, c = engine._segments[0].arrays, len(X), a.candidates
     q_idx, q_val = engine._encode_queries(Q, None)
     P = engine._projections(Q)
-
-    def scorer(top_k):
-        return _core.sparse_search(arrays["offsets"], arrays["local_ids"], arrays["post_values"], n, model.h,
-                                   engine.config["window_bits"], q_idx, q_val, top_k, -1)
+    score = sparse_scorer(engine)
+    scorer = lambda top_k: score(q_idx, q_val, top_k, -1)  # noqa: E731
 
     cands = scorer(c)[0]
     stages = {

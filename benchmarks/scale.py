@@ -19,7 +19,7 @@ import numpy as np
 
 from csae_engine import datasets
 
-from .common import RESULTS, SHARED_WORDNET, md_table, perturbed, write_result
+from .common import RESULTS, SHARED_WORDNET, md_table, peak_rss_mib, perturbed, write_result
 from .search import latencies, qps
 
 CACHE = datasets.CACHE / "bench"
@@ -30,13 +30,7 @@ def _build(a) -> None:
     model = ce.load_model(a.model)
     t = time.perf_counter()
     ce.Engine(model).build(a.items_path, shard_size=a.shard_size, directory=a.index, progress=True)
-    print(json.dumps({"build_s": time.perf_counter() - t, "build_peak_rss_mib": _peak_rss_mib()}))
-
-
-def _peak_rss_mib() -> float:
-    """This process's peak RSS since exec (VmHWM); getrusage would also count the parent's pages at fork time."""
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+    print(json.dumps({"build_s": time.perf_counter() - t, "build_peak_rss_mib": peak_rss_mib()}))
 
 
 def _dir_bytes(path: Path) -> int:
@@ -120,7 +114,7 @@ def main(argv=None):
         print(row)
     found, _ = engine.search(Q[:50], 10, allow_ids=allow)
     cfg["filter_results_all_allowed"] = bool(np.isin(found, allow).all() and (found >= 0).all())
-    cfg["search_peak_rss_mib"] = _peak_rss_mib()
+    cfg["search_peak_rss_mib"] = peak_rss_mib()
     md = (f"{a.items:,} items (perturbed WordNet/MiniLM, float16 .npy of {cfg['items_file_bytes'] / 2**30:.1f} GiB) "
           f"in {cfg['segments']} shards of {a.shard_size:,}; machine RAM {cfg['ram_bytes'] / 2**30:.0f} GiB.\n\n"
           f"Build {cfg['build_s'] / 60:.1f} min, peak RSS {cfg['build_peak_rss_mib']:.0f} MiB; index on disk "

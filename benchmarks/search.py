@@ -15,11 +15,11 @@ import time
 import numpy as np
 
 import csae_engine as ce
-from csae_engine import _core, datasets
+from csae_engine import datasets
 from csae_engine.data import unit_rows
 from csae_engine.metrics import recall
 
-from .common import SHARED_WORDNET, md_table, perturbed, write_result
+from .common import SHARED_WORDNET, md_table, perturbed, sparse_scorer, write_result
 
 CACHE = datasets.CACHE / "bench"
 
@@ -113,13 +113,11 @@ def main(argv=None):
     cfg["build_s"] = build_s
     q_idx, q_val = engine._encode_queries(Q, None)
     a_ = engine._segments[0].arrays
+    score = sparse_scorer(engine)
 
-    def scorer(i, top_k, threads=1, terms=None, arrays=a_):
+    def scorer(i, top_k, threads=1, terms=None, of=score):
         sl = slice(i, i + 1) if i is not None else slice(None)
-        qi, qv = q_idx[sl, :terms], q_val[sl, :terms]
-        return _core.sparse_search(arrays["offsets"], arrays["local_ids"], arrays["post_values"], n, model.h,
-                                   engine.config["window_bits"], np.ascontiguousarray(qi), np.ascontiguousarray(qv),
-                                   top_k, threads)
+        return of(q_idx[sl, :terms], q_val[sl, :terms], top_k, threads)
 
     if "scipy" in a.peers:
         D = ce.SparseCodes(a_["fwd_indices"], a_["fwd_values"].astype(np.float32), model.h).to_csr()
@@ -214,8 +212,9 @@ def main(argv=None):
         t = time.perf_counter()
         pruned = ce.Engine(model).build_codes(ce.SparseCodes(a_["fwd_indices"], a_["fwd_values"], model.h), prune=share)
         b = time.perf_counter() - t
-        found = scorer(None, top_k, -1, None, pruned._segments[0].arrays)[0]
-        knobs.append({"knob": "prune", "value": share, **latencies(lambda i: scorer(i, top_k, 1, None, pruned._segments[0].arrays), nl),
+        pruned_score = sparse_scorer(pruned)
+        found = scorer(None, top_k, -1, None, pruned_score)[0]
+        knobs.append({"knob": "prune", "value": share, **latencies(lambda i: scorer(i, top_k, 1, None, pruned_score), nl),
                       "recall_vs_exact_sparse": recall(found, exact_sparse, top_k),
                       "recall_vs_dense": recall(found, gt, top_k), "build_s": b,
                       "postings": int(len(pruned._segments[0].arrays["local_ids"]))})

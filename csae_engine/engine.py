@@ -415,7 +415,7 @@ class Engine:
         for seg in self._require_built():
             a = seg.arrays
             windows = (len(a["offsets"]) - 1) // h
-            off = np.asarray(a["offsets"]).reshape(-1)
+            off = np.asarray(a["offsets"])
             for w in range(windows):
                 first, size = w * win, min(win, seg.n - w * win)
                 starts, ends = off[w:-1:windows], off[w + 1::windows]  # each latent's postings in window w
