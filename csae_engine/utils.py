@@ -1,6 +1,7 @@
 """Small helpers shared by the package: argument checks under one error rule, and progress bars.
 
-The error rule: a value of the wrong type raises TypeError, a value of the right type but out of range ValueError.
+The error rule: an argument of the wrong Python type raises TypeError (a float where an int goes); a value of the
+right type that is out of range, and array contents (shape, dtype, NaN, ids) that are wrong, raise ValueError.
 """
 import numbers
 
@@ -22,9 +23,9 @@ def positive_int(value, name: str) -> int:
         value <= 0.
     """
     if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)):
-        raise TypeError(f"{name} must be an int, got {type(value).__name__} {value!r}")
+        raise TypeError(f"{name} must be a positive int, got {type(value).__name__} {value!r}")
     if value <= 0:
-        raise ValueError(f"{name} must be positive, got {value}")
+        raise ValueError(f"{name} must be a positive int, got {value}")
     return int(value)
 
 
