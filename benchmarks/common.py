@@ -9,9 +9,11 @@ from pathlib import Path
 
 import numpy as np
 
+from csae_engine import datasets
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-SHARED_WORDNET = ROOT.parent / "shared" / "data" / "wordnet-minilm"
+SHARED_WORDNET = datasets.shared_dataset()
 
 
 def perturbed(base: np.ndarray, n: int, out: Path, noise: float = 0.05, seed: int = 0, chunk: int = 65536) -> Path:
@@ -40,14 +42,10 @@ def peak_rss_mib() -> float:
 
 def sparse_scorer(engine):
     """The C++ scorer alone on the engine's first segment: fn(q_idx, q_val, top_k, threads) -> (rows, scores)."""
-    from csae_engine import _core
-    seg = engine._segments[0]
-    a = seg.arrays
+    index = engine.segments[0].index
 
     def score(q_idx, q_val, top_k, threads):
-        return _core.sparse_search(a["offsets"], a["local_ids"], a["post_values"], seg.n, engine.config["h"],
-                                   engine.config["window_bits"], np.ascontiguousarray(q_idx),
-                                   np.ascontiguousarray(q_val), top_k, threads)
+        return index.search(np.ascontiguousarray(q_idx), np.ascontiguousarray(q_val), top_k, threads)
     return score
 
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 
 import csae_engine as ce
-from csae_engine import _core, datasets
+from csae_engine import datasets
 from csae_engine.data import unit_rows
 
 from .common import SHARED_WORDNET, md_table, sparse_scorer, write_result
@@ -33,9 +33,9 @@ def main(argv=None):
     X, data_name = load_items(a, ds)
     Q = unit_rows(ds.queries[: a.queries])
     engine = ce.Engine(model).build(X)
-    arrays, n, c = engine._segments[0].arrays, len(X), a.candidates
-    q_idx, q_val = engine._encode_queries(Q, None)
-    P = engine._projections(Q)
+    index, n, c = engine.segments[0].index, len(X), a.candidates
+    q_idx, q_val = engine.queries.codes(Q)
+    P = engine.queries.projections(Q)
     score = sparse_scorer(engine)
     scorer = lambda top_k: score(q_idx, q_val, top_k, -1)  # noqa: E731
 
@@ -44,12 +44,11 @@ def main(argv=None):
         "search, sparse, top 10": lambda: engine.search(Q, 10),
         f"search, sparse, top {c}": lambda: engine.search(Q, c),
         f"search, dense, {c} candidates, top 10": lambda: engine.search(Q, 10, mode="dense", candidates=c),
-        "encode queries": lambda: engine._encode_queries(Q, None),
+        "encode queries": lambda: engine.queries.codes(Q),
         "scorer, top 10": lambda: scorer(10),
         f"scorer, top {c}": lambda: scorer(c),
-        "projections W_dec q": lambda: engine._projections(Q),
-        f"rerank {c} candidates": lambda: _core.dense_rerank(arrays["fwd_indices"], arrays["fwd_values"], P, cands,
-                                                              10, -1),
+        "projections W_dec q": lambda: engine.queries.projections(Q),
+        f"rerank {c} candidates": lambda: index.rerank(P, cands, 10, -1),
     }
     med = interleaved(stages, a.reps)
     base = med["search, sparse, top 10"]

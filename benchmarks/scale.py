@@ -95,7 +95,7 @@ def main(argv=None):
     t = time.perf_counter()
     engine = ce.Engine.load(index, verify=False)
     cfg["open_s"] = time.perf_counter() - t
-    cfg["segments"] = len(engine._segments)
+    cfg["segments"] = len(engine.segments)
     Q = unit_rows(ds.queries[: a.queries])
     nl = min(a.latency_queries, len(Q))
     rng = np.random.default_rng(0)

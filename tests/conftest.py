@@ -1,12 +1,12 @@
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-SHARED = Path(os.environ.get("CSAE_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
-WORDNET = SHARED / "data" / "wordnet-minilm"
+from csae_engine import datasets
+
+WORDNET = datasets.shared_dataset()
 
 # Tolerances per dtype for comparing against the float64/float32 references: (atol, rtol).
 TOLERANCES = {torch.float32: (1e-4, 1e-5), torch.float16: (2e-2, 2e-2), torch.bfloat16: (1e-1, 5e-2)}

@@ -172,8 +172,8 @@ def test_pruning_keeps_the_strongest_postings(small_model):
     np.testing.assert_array_equal(exact.search(X[:20], 10)[0], full.search(X[:20], 10)[0])
     n_exact, n_half = exact.nbytes()["local_ids"], half.nbytes()["local_ids"]
     assert 0.5 * n_exact <= n_half < 0.55 * n_exact
-    pv = np.abs(half._segments[0].arrays["post_values"].astype(np.float32))
-    assert pv.mean() > np.abs(exact._segments[0].arrays["post_values"].astype(np.float32)).mean()
+    pv = np.abs(half.segments[0].arrays["post_values"].astype(np.float32))
+    assert pv.mean() > np.abs(exact.segments[0].arrays["post_values"].astype(np.float32)).mean()
     with pytest.raises(ValueError, match="prune must be in"):
         ce.Engine(small_model).build(X, prune=0.0)
 

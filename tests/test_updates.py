@@ -35,10 +35,10 @@ def test_added_items_are_searched_like_a_fresh_build(model, data):
     X, ids, Q = data
     engine = ce.Engine(model).build(X[:800], ids=ids[:800])
     engine.add(X[800:1000], ids[800:1000]).add(X[1000:], ids[1000:])
-    assert len(engine) == 1200 and len(engine._segments) == 2  # main + one delta, rebuilt by the second add
+    assert len(engine) == 1200 and len(engine.segments) == 2  # main + one delta, rebuilt by the second add
     assert_same_search(engine, ce.Engine(model).build(X, ids=ids), Q)
     engine.compact()
-    assert len(engine._segments) == 1
+    assert len(engine.segments) == 1
     assert_same_search(engine, ce.Engine(model).build(X, ids=ids), Q)
 
 
@@ -76,7 +76,7 @@ def test_deleted_items_are_never_returned(model, data):
     with pytest.raises(KeyError):
         engine.delete(gone[:1])  # already deleted
     engine.compact()
-    assert [seg.n for seg in engine._segments] == [keep.sum()] and engine._segments[0].live is None
+    assert [seg.n for seg in engine.segments] == [keep.sum()] and engine.segments[0].live is None
     assert_same_search(engine, ce.Engine(model).build(X[keep], ids=ids[keep]), Q)
 
 
@@ -91,7 +91,7 @@ def test_updates_survive_save_and_load(model, data, tmp_path):
     back.add(X[100:110], ids[100:110]).compact()  # a loaded, memory-mapped index keeps taking updates
     back.save(tmp_path / "ix")
     again = ce.Engine.load(tmp_path / "ix")
-    assert len(again) == 1160 and len(again._segments) == 1
+    assert len(again) == 1160 and len(again.segments) == 1
     assert_same_search(again, back, Q)
 
 
@@ -156,20 +156,20 @@ def test_sharded_build_equals_one_segment(model, data, tmp_path):
     X, ids, Q = data
     whole = ce.Engine(model).build(X, ids=ids)
     sharded = ce.Engine(model).build(X, ids=ids, shard_size=500)
-    assert [seg.n for seg in sharded._segments] == [500, 500, 200]
+    assert [seg.n for seg in sharded.segments] == [500, 500, 200]
     assert_same_search(whole, sharded, Q)
     np.save(tmp_path / "items.npy", X)
     on_disk = ce.Engine(model).build(tmp_path / "items.npy", shard_size=300, directory=tmp_path / "ix")
     assert sorted(p.name for p in (tmp_path / "ix").iterdir() if p.is_dir()) == [f"seg-0000{i}" for i in range(4)]
-    assert isinstance(on_disk._segments[0].arrays["local_ids"], np.memmap)
+    assert isinstance(on_disk.segments[0].arrays["local_ids"], np.memmap)
     row_ids = ce.Engine(model).build(X)
     assert_same_search(on_disk, row_ids, Q)
     assert_same_search(ce.Engine.load(tmp_path / "ix"), row_ids, Q)
     on_disk.delete([5, 650]).add(X[:2], [5000, 5001]).compact()
     # shards with deletes are rebuilt; the delta would overfill the last shard, so it becomes a shard of its own
-    assert [seg.n for seg in on_disk._segments] == [299, 300, 299, 300, 2]
+    assert [seg.n for seg in on_disk.segments] == [299, 300, 299, 300, 2]
     on_disk.delete([5000]).add(X[2:3], [5002]).compact()
-    assert [seg.n for seg in on_disk._segments] == [299, 300, 299, 300, 2]
+    assert [seg.n for seg in on_disk.segments] == [299, 300, 299, 300, 2]
     assert len(on_disk) == 1200 and 5000 not in on_disk and 5002 in on_disk
 
 

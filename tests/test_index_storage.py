@@ -18,7 +18,7 @@ def engine():
 def test_save_load_round_trip(engine, tmp_path, mmap):
     engine.save(tmp_path / "index")
     back = ce.Engine.load(tmp_path / "index", mmap=mmap)
-    assert isinstance(back._segments[0].arrays["local_ids"], np.memmap) == mmap
+    assert isinstance(back.segments[0].arrays["local_ids"], np.memmap) == mmap
     Q = unit(np.random.default_rng(1), 9, 16)
     for mode in ("sparse", "dense"):
         a, b = engine.search(Q, 7, mode=mode), back.search(Q, 7, mode=mode)

@@ -1,0 +1,132 @@
+"""Search over segments: one parameters object, and the two modes composed of a proposer and a rescorer.
+
+sparse: the exact windowed scorer of cpp/scorer.h ranks items by the dot product of unit sparse codes.
+dense: the sparse scorer proposes candidates over all segments (as one segment would), and the forward codes
+rescore them by cos(q, x_hat) (cpp/rerank.h); candidates="all" scans every item instead.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..utils import positive_int
+from .query import QueryEncoder
+from .segment import as_id_array
+
+__all__ = ["MODES", "SearchParams", "search_segments", "allowed_masks", "merge_top"]
+
+MODES = ("sparse", "dense")
+
+
+@dataclass(frozen=True)
+class SearchParams:
+    """The knobs of one search (FAISS's SearchParameters).
+
+    Parameters
+    ----------
+    top_k : int
+        Results per query.
+    mode : {"sparse", "dense"}
+    candidates : int, "all" or None
+        Dense mode: sparse candidates per query to rerank (default 10 * top_k), or "all" to scan every item.
+    query_terms : int or None
+        Use only the strongest terms of each query code (approximate, faster); default all k.
+    """
+
+    top_k: int = 10
+    mode: str = "sparse"
+    candidates: int | str | None = None
+    query_terms: int | None = None
+
+    def check(self, n_items: int, k: int) -> None:
+        """ValueError naming the knob that does not fit an index of n_items items with k terms per code."""
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
+        positive_int(self.top_k, "top_k")
+        if self.top_k > n_items:
+            raise ValueError(f"top_k={self.top_k} exceeds the {n_items} indexed items")
+        if self.scans_all and self.candidates != "all":
+            raise ValueError(f"candidates must be an int or 'all', got {self.candidates!r}")
+        if self.mode == "dense" and self.candidates is not None and not self.scans_all:
+            positive_int(self.candidates, "candidates")
+        if self.mode == "dense" and not self.scans_all and self.sparse_top(n_items) < self.top_k:
+            raise ValueError(f"candidates={self.candidates} must be at least top_k={self.top_k}")
+        if self.query_terms is not None and not positive_int(self.query_terms, "query_terms") <= k:
+            raise ValueError(f"query_terms must be in 1..{k}, got {self.query_terms!r}")
+
+    @property
+    def scans_all(self) -> bool:
+        return self.mode == "dense" and isinstance(self.candidates, str)
+
+    def sparse_top(self, n_items: int) -> int:
+        """How many items the sparse scorer returns per query: top_k, or the dense mode's candidates."""
+        if self.mode == "sparse":
+            return self.top_k
+        return min(n_items, 10 * self.top_k if self.candidates is None else int(self.candidates))
+
+
+def search_segments(segments: tuple, masks: list, Q: np.ndarray, params: SearchParams, queries: QueryEncoder,
+                    num_threads: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best params.top_k (user ids, scores) of unit query rows Q over segments, best first.
+
+    masks: per segment, None or an (n,) uint8 mask of the rows that may be returned.
+    """
+    n = sum(seg.n_live for seg in segments)
+    top_k, n_sparse = params.top_k, params.sparse_top(n)
+    live = [(seg, mask) for seg, mask in zip(segments, masks) if seg.n_live > 0]
+    P = queries.projections(Q) if params.mode == "dense" else None
+    if params.scans_all:
+        results = [seg.index.scan(P, min(top_k, seg.n), num_threads, mask) for seg, mask in live]
+    else:
+        q_idx, q_val = queries.codes(Q, params.query_terms)
+        results = [seg.index.search(q_idx, q_val, min(n_sparse, seg.n), num_threads, mask) for seg, mask in live]
+        if params.mode == "dense":
+            results = [seg.index.rerank(P, rows, min(top_k, seg.n), num_threads)
+                       for (seg, _), rows in zip(live, _global_candidates(results, n_sparse))]
+    results = [(seg.user_ids(rows), scores) for (seg, _), (rows, scores) in zip(live, results)]
+    return merge_top(results, top_k)
+
+
+def allowed_masks(segments: tuple, allow_ids) -> list:
+    """Per segment: None (every row may be returned) or a uint8 mask of live rows passing the filter.
+
+    allow_ids: None, an array of the ids that may be returned, or a boolean mask over ids (mask[id]).
+    """
+    if allow_ids is None:
+        return [seg.live for seg in segments]
+    allow = np.asarray(allow_ids)
+    if allow.dtype == bool:
+        if allow.ndim != 1:
+            raise ValueError(f"allow_ids as a mask must be 1-D (mask[id]), got shape {allow.shape}")
+        allow = np.flatnonzero(allow)
+    else:
+        allow = as_id_array(allow, "allow_ids")
+    return [seg.allowed_rows(allow) for seg in segments]
+
+
+def _global_candidates(results: list, n_sparse: int) -> list:
+    """Per segment, its rows among the best n_sparse of all segments' (rows, scores); -1 elsewhere."""
+    if len(results) == 1:
+        return [results[0][0]]
+    scores = np.concatenate([r[1] for r in results], axis=1)
+    chosen = np.zeros(scores.shape, bool)
+    np.put_along_axis(chosen, np.argsort(-scores, axis=1, kind="stable")[:, :n_sparse], True, 1)
+    out, start = [], 0
+    for rows, _ in results:
+        out.append(np.where(chosen[:, start:start + rows.shape[1]], rows, -1))
+        start += rows.shape[1]
+    return out
+
+
+def merge_top(results: list, top_k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The best top_k of per-part (ids, scores), each (nq, <= top_k) best first; ties keep part order. Missing
+    results are padded with id -1 and score -inf."""
+    if len(results) == 1 and results[0][0].shape[1] == top_k:
+        return results[0]
+    ids = np.concatenate([r[0] for r in results], axis=1)
+    scores = np.concatenate([r[1] for r in results], axis=1)
+    if ids.shape[1] < top_k:
+        pad = top_k - ids.shape[1]
+        ids = np.pad(ids, ((0, 0), (0, pad)), constant_values=-1)
+        scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=-np.inf)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :top_k]
+    return np.take_along_axis(ids, order, 1), np.take_along_axis(scores, order, 1)
