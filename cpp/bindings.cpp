@@ -10,6 +10,7 @@
 #include "index.h"
 #include "postings.h"
 #include "rerank.h"
+#include "scorer.h"
 
 namespace py = pybind11;
 
