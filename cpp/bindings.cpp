@@ -1,15 +1,23 @@
 // The only pybind11 file: checks shapes and dtypes, releases the GIL after reading inputs, returns numpy arrays.
+//
+// SegmentIndex holds one segment's arrays (never copied: they may be read-only memory maps) and checks them once;
+// the free functions sparse_search, dense_rerank and dense_scan take the same arrays on every call and run the
+// same code (PostingArrays, ForwardArrays and the *_query functions below).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <cstdint>
+#include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <vector>
 
+#include "half.h"
 #include "index.h"
 #include "postings.h"
 #include "rerank.h"
+#include "scorer.h"
 
 namespace py = pybind11;
 
@@ -20,25 +28,48 @@ std::string dtype_name(const py::array& a) { return py::str(a.dtype()).cast<std:
 bool is_half(const py::array& a) { return a.dtype().is(py::dtype("float16")); }
 bool is_f32(const py::array& a) { return a.dtype().is(py::dtype::of<float>()); }
 
-void require_values_dtype(const py::array& a, const char* name) {
-    if (!is_half(a) && !is_f32(a))
-        throw std::invalid_argument(std::string(name) + " must be float16 or float32, got " + dtype_name(a));
+void require_values_dtype(const py::array& a, const std::string& name) {
+    if (!is_half(a) && !is_f32(a)) throw std::invalid_argument(name + " must be float16 or float32, got " + dtype_name(a));
+}
+
+void require_c_contiguous(const py::array& a, const std::string& name) {
+    if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(name + " must be C-contiguous");
+}
+
+void require_1d(const py::array& a, const std::string& name) {
+    if (a.ndim() != 1) throw std::invalid_argument(name + " must be 1-D, got " + std::to_string(a.ndim()) + "-D");
+}
+
+void require_2d(const py::array& a, const std::string& name) {
+    if (a.ndim() != 2)
+        throw std::invalid_argument(name + " must be 2-D (n, k), got " + std::to_string(a.ndim()) + "-D");
 }
 
 // A C-contiguous view of exactly dtype T, never a copy (large, possibly memory-mapped arrays).
 template <class T>
-const T* exact(const py::array& a, const char* name) {
-    if (!a.dtype().is(py::dtype::of<T>()) && !(std::is_same<T, uint16_t>::value && is_half(a)))
-        throw std::invalid_argument(std::string(name) + " has dtype " + dtype_name(a) + ", expected " +
+const T* exact(const py::array& a, const std::string& name) {
+    if (!a.dtype().is(py::dtype::of<T>()))
+        throw std::invalid_argument(name + " has dtype " + dtype_name(a) + ", expected " +
                                     py::str(py::dtype::of<T>()).cast<std::string>());
-    if (!(a.flags() & py::array::c_style)) throw std::invalid_argument(std::string(name) + " must be C-contiguous");
+    require_c_contiguous(a, name);
     return static_cast<const T*>(a.data());
 }
 
-void require_2d(const py::array& a, const char* name) {
-    if (a.ndim() != 2)
-        throw std::invalid_argument(std::string(name) + " must be 2-D (n, k), got " + std::to_string(a.ndim()) + "-D");
+// Values as the C++ code reads them: float, or the raw bits (uint16_t) of a float16 array.
+template <class Value>
+const Value* values_of(const py::array& a, const std::string& name) {
+    if constexpr (std::is_same<Value, float>::value) {
+        return exact<float>(a, name);
+    } else {
+        if (!is_half(a)) throw std::invalid_argument(name + " has dtype " + dtype_name(a) + ", expected float16");
+        require_c_contiguous(a, name);
+        return static_cast<const uint16_t*>(a.data());
+    }
 }
+
+// Query inputs: any array-like, converted once to C-contiguous float32 / int64 (a copy only when needed).
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using Int64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
 // An optional (n,) mask of the items a search may return: None, or uint8/bool, non-zero = allowed.
 const uint8_t* allowed_mask(const py::object& mask, size_t n) {
@@ -66,6 +97,8 @@ struct Results {
     py::tuple tuple() const { return py::make_tuple(ids, scores); }
 };
 
+// ---- building ----
+
 template <class Index, class Value>
 py::tuple build_postings_typed(const py::array& indices_in, const py::array& values_in, size_t h, int num_threads) {
     auto indices = py::array_t<Index, py::array::c_style | py::array::forcecast>::ensure(indices_in);
@@ -74,7 +107,7 @@ py::tuple build_postings_typed(const py::array& indices_in, const py::array& val
     py::array_t<uint32_t> ids(n * k);
     py::array out_values(values_in.dtype(), std::vector<py::ssize_t>{static_cast<py::ssize_t>(n * k)});
     const Index* idx = indices.data();
-    const Value* val = exact<Value>(values_in, "values");
+    const Value* val = values_of<Value>(values_in, "values");
     int64_t* off = offsets.mutable_data();
     uint32_t* id = ids.mutable_data();
     Value* ov = static_cast<Value*>(out_values.mutable_data());
@@ -108,6 +141,10 @@ py::tuple build_postings(const py::array& indices, const py::array& values, int6
     throw std::invalid_argument("values must be float16 or float32, got " + dtype_name(values));
 }
 
+void require_window_bits(int64_t window_bits) {
+    if (window_bits < 1 || window_bits > 16)
+        throw std::invalid_argument("window_bits must be in 1..16, got " + std::to_string(window_bits));
+}
 
 py::tuple build_windowed(const py::array& indices_in, const py::array& values, py::object keep_in, int64_t h,
                          int window_bits, int num_threads) {
@@ -116,7 +153,7 @@ py::tuple build_windowed(const py::array& indices_in, const py::array& values, p
     require_values_dtype(values, "values");
     if (indices_in.shape(0) != values.shape(0) || indices_in.shape(1) != values.shape(1))
         throw std::invalid_argument("indices and values must have the same shape");
-    if (window_bits < 1 || window_bits > 16) throw std::invalid_argument("window_bits must be in 1..16");
+    require_window_bits(window_bits);
     auto indices = py::array_t<uint32_t, py::array::c_style | py::array::forcecast>::ensure(indices_in);
     const size_t n = indices.shape(0), k = indices.shape(1);
     for (size_t i = 0; i < n * k; ++i)
@@ -154,109 +191,305 @@ py::tuple build_windowed(const py::array& indices_in, const py::array& values, p
     return py::make_tuple(offsets, ids, out_values);
 }
 
-py::tuple sparse_search(const py::array& offsets, const py::array& local_ids, const py::array& values, int64_t n,
-                        int64_t h, int window_bits, const py::array& q_lat_in, const py::array& q_val_in,
-                        int64_t top_k, int num_threads, const py::object& allowed_in) {
-    auto q_lat = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(q_lat_in);
-    auto q_val = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(q_val_in);
+// ---- one segment's arrays ----
+
+// The windowed posting lists of index.h, checked for dtypes and shapes (O(1)). The arrays are held, not copied;
+// what the query code needs is read out once, so it runs without the GIL.
+struct PostingArrays {
+    py::array offsets, local_ids, values;
+    size_t n = 0, h = 0, window_bits = 0, n_windows = 0;
+    bool half = false;  // values are float16
+
+    PostingArrays(py::array offsets_in, py::array local_ids_in, py::array values_in, int64_t n_in, int64_t h_in,
+                  int64_t window_bits_in, const std::string& values_name)
+        : offsets(std::move(offsets_in)), local_ids(std::move(local_ids_in)), values(std::move(values_in)) {
+        if (n_in < 0) throw std::invalid_argument("n must be >= 0, got " + std::to_string(n_in));
+        if (h_in <= 0) throw std::invalid_argument("h must be positive, got " + std::to_string(h_in));
+        require_window_bits(window_bits_in);
+        n = static_cast<size_t>(n_in), h = static_cast<size_t>(h_in), window_bits = static_cast<size_t>(window_bits_in);
+        n_windows = csae::windows_for(n, window_bits);
+        require_1d(offsets, "offsets");
+        exact<int64_t>(offsets, "offsets");
+        if (static_cast<size_t>(offsets.shape(0)) != n_windows * h + 1)
+            throw std::invalid_argument("offsets has " + std::to_string(offsets.shape(0)) +
+                                        " entries, expected n_windows * h + 1 = " + std::to_string(n_windows * h + 1));
+        require_1d(local_ids, "local_ids");
+        exact<uint16_t>(local_ids, "local_ids");
+        require_1d(values, values_name);
+        require_values_dtype(values, values_name);
+        require_c_contiguous(values, values_name);
+        half = is_half(values);
+        const int64_t total = offset_data()[n_windows * h];
+        if (local_ids.shape(0) != total || values.shape(0) != total)
+            throw std::invalid_argument("postings arrays disagree with offsets: offsets[-1] = " + std::to_string(total) +
+                                        ", local_ids has " + std::to_string(local_ids.shape(0)) + ", " + values_name +
+                                        " has " + std::to_string(values.shape(0)));
+    }
+
+    const int64_t* offset_data() const { return static_cast<const int64_t*>(offsets.data()); }
+    const uint16_t* local_id_data() const { return static_cast<const uint16_t*>(local_ids.data()); }
+    size_t n_postings() const { return static_cast<size_t>(offset_data()[n_windows * h]); }
+
+    // Calls fn(IndexView<Value>) for the values' dtype.
+    template <class Fn>
+    void with_view(const uint8_t* allowed, Fn fn) const {
+        auto view = [&](const auto* vals) {
+            using V = std::remove_const_t<std::remove_pointer_t<decltype(vals)>>;
+            fn(csae::IndexView<V>{n, h, window_bits, offset_data(), local_id_data(), vals, allowed});
+        };
+        if (half) view(static_cast<const uint16_t*>(values.data()));
+        else view(static_cast<const float*>(values.data()));
+    }
+
+    // The checks that read the data: offsets start at 0 and never decrease, and every local id lies inside its
+    // window (a larger one would be scored as another window's item). O(n_windows * h + postings); call without
+    // the GIL.
+    void check_contents() const {
+        const int64_t* off = offset_data();
+        if (off[0] != 0) throw std::invalid_argument("offsets[0] must be 0, got " + std::to_string(off[0]));
+        for (size_t i = 0; i < n_windows * h; ++i)
+            if (off[i + 1] < off[i])
+                throw std::invalid_argument("offsets must be non-decreasing: offsets[" + std::to_string(i + 1) + "] = " +
+                                            std::to_string(off[i + 1]) + " < offsets[" + std::to_string(i) +
+                                            "] = " + std::to_string(off[i]));
+        const uint16_t* ids = local_id_data();
+        const size_t win = size_t{1} << window_bits;
+        for (size_t lat = 0; lat < h; ++lat)
+            for (size_t w = 0; w < n_windows; ++w) {
+                const size_t len = std::min(win, n - w * win);
+                for (int64_t p = off[lat * n_windows + w]; p < off[lat * n_windows + w + 1]; ++p)
+                    if (ids[p] >= len)
+                        throw std::invalid_argument("local_ids[" + std::to_string(p) + "] = " + std::to_string(ids[p]) +
+                                                    " is outside window " + std::to_string(w) + " (" +
+                                                    std::to_string(len) + " items)");
+            }
+    }
+};
+
+// Forward codes (n, width): indices uint8/uint16/uint32 and values float16/float32 of one shape, C-contiguous.
+// Held like PostingArrays; with_codes needs no GIL.
+struct ForwardArrays {
+    py::array indices, values;
+    size_t rows = 0, cols = 0;
+    int index_type = 0;  // the numpy type number of indices
+    bool half = false;   // values are float16
+
+    ForwardArrays(py::array indices_in, py::array values_in, const std::string& indices_name,
+                  const std::string& values_name)
+        : indices(std::move(indices_in)), values(std::move(values_in)) {
+        require_2d(indices, indices_name);
+        require_2d(values, values_name);
+        require_values_dtype(values, values_name);
+        if (indices.shape(0) != values.shape(0) || indices.shape(1) != values.shape(1))
+            throw std::invalid_argument(indices_name + " and " + values_name + " must have the same shape, got (" +
+                                        std::to_string(indices.shape(0)) + ", " + std::to_string(indices.shape(1)) +
+                                        ") and (" + std::to_string(values.shape(0)) + ", " +
+                                        std::to_string(values.shape(1)) + ")");
+        require_c_contiguous(indices, indices_name);
+        require_c_contiguous(values, values_name);
+        rows = static_cast<size_t>(indices.shape(0)), cols = static_cast<size_t>(indices.shape(1));
+        index_type = indices.dtype().num();
+        half = is_half(values);
+        switch (index_type) {
+            case py::detail::npy_api::NPY_UBYTE_:
+            case py::detail::npy_api::NPY_USHORT_:
+            case py::detail::npy_api::NPY_UINT_: break;
+            default:
+                throw std::invalid_argument(indices_name + " must be uint8, uint16 or uint32, got " + dtype_name(indices));
+        }
+    }
+
+    size_t n() const { return rows; }
+    size_t width() const { return cols; }
+
+    // Calls fn(ForwardCodes<Index, Value>) for the arrays' dtypes.
+    template <class Fn>
+    void with_codes(Fn fn) const {
+        auto with_value = [&](const auto* idx) {
+            using I = std::remove_const_t<std::remove_pointer_t<decltype(idx)>>;
+            if (half) fn(csae::ForwardCodes<I, uint16_t>{rows, cols, idx, static_cast<const uint16_t*>(values.data())});
+            else fn(csae::ForwardCodes<I, float>{rows, cols, idx, static_cast<const float*>(values.data())});
+        };
+        switch (index_type) {
+            case py::detail::npy_api::NPY_UBYTE_: return with_value(static_cast<const uint8_t*>(indices.data()));
+            case py::detail::npy_api::NPY_USHORT_: return with_value(static_cast<const uint16_t*>(indices.data()));
+            default: return with_value(static_cast<const uint32_t*>(indices.data()));
+        }
+    }
+
+    // One more than the largest index (0 when empty): projections need at least this many columns. Call without the GIL.
+    size_t index_bound() const {
+        size_t bound = 0;
+        with_codes([&](auto fc) {
+            for (size_t i = 0; i < fc.n * fc.k; ++i) bound = std::max<size_t>(bound, size_t{fc.indices[i]} + 1);
+        });
+        return bound;
+    }
+};
+
+// ---- queries, shared by SegmentIndex and the free functions ----
+
+py::tuple sparse_query(const PostingArrays& pa, const Int64Array& q_lat, const FloatArray& q_val, int64_t top_k,
+                       int num_threads, const py::object& allowed_in) {
     require_2d(q_lat, "query indices");
     require_2d(q_val, "query values");
     if (q_lat.shape(0) != q_val.shape(0) || q_lat.shape(1) != q_val.shape(1))
         throw std::invalid_argument("query indices and values must have the same shape");
-    require_values_dtype(values, "values");
-    const size_t W = csae::windows_for(n, window_bits);
-    if (offsets.ndim() != 1 || static_cast<size_t>(offsets.shape(0)) != W * h + 1)
-        throw std::invalid_argument("offsets must have n_windows * h + 1 entries");
-    const int64_t* off = exact<int64_t>(offsets, "offsets");
-    if (local_ids.ndim() != 1 || values.ndim() != 1 || local_ids.shape(0) != values.shape(0) ||
-        off[W * h] != static_cast<int64_t>(local_ids.shape(0)))
-        throw std::invalid_argument("postings arrays disagree with offsets");
     const size_t nq = q_lat.shape(0), q_len = q_lat.shape(1);
     Results out(nq, top_k);
-    const uint16_t* ids = exact<uint16_t>(local_ids, "local_ids");
+    const uint8_t* allowed = allowed_mask(allowed_in, pa.n);
     const int64_t* ql = q_lat.data();
     const float* qv = q_val.data();
     int64_t* oi = out.ids.mutable_data();
     float* os = out.scores.mutable_data();
-    const bool half = is_half(values);
-    const uint8_t* allowed = allowed_mask(allowed_in, static_cast<size_t>(n));
     {
         py::gil_scoped_release release;
-        auto run = [&](auto* vals) {
-            using V = std::remove_const_t<std::remove_pointer_t<decltype(vals)>>;
-            csae::IndexView<V> ix{static_cast<size_t>(n), static_cast<size_t>(h), static_cast<size_t>(window_bits), off, ids, vals, allowed};
-            csae::search(ix, ql, qv, nq, q_len, top_k, oi, os, num_threads);
-        };
-        if (half) run(static_cast<const uint16_t*>(values.data()));
-        else run(static_cast<const float*>(values.data()));
+        pa.with_view(allowed, [&](const auto& ix) { csae::search(ix, ql, qv, nq, q_len, top_k, oi, os, num_threads); });
     }
     return out.tuple();
 }
 
-// Calls fn(ForwardCodes<Index, Value>) for the arrays' dtypes.
-template <class Fn>
-void with_forward(const py::array& indices, const py::array& values, Fn fn) {
-    require_2d(indices, "forward indices");
-    require_2d(values, "forward values");
-    require_values_dtype(values, "forward values");
-    if (indices.shape(0) != values.shape(0) || indices.shape(1) != values.shape(1))
-        throw std::invalid_argument("forward indices and values must have the same shape");
-    const size_t n = indices.shape(0), k = indices.shape(1);
-    auto with_value = [&](auto* idx) {
-        using I = std::remove_const_t<std::remove_pointer_t<decltype(idx)>>;
-        if (is_half(values)) fn(csae::ForwardCodes<I, uint16_t>{n, k, idx, exact<uint16_t>(values, "forward values")});
-        else fn(csae::ForwardCodes<I, float>{n, k, idx, exact<float>(values, "forward values")});
-    };
-    switch (indices.dtype().num()) {
-        case py::detail::npy_api::NPY_UBYTE_: return with_value(exact<uint8_t>(indices, "forward indices"));
-        case py::detail::npy_api::NPY_USHORT_: return with_value(exact<uint16_t>(indices, "forward indices"));
-        case py::detail::npy_api::NPY_UINT_: return with_value(exact<uint32_t>(indices, "forward indices"));
-        default: throw std::invalid_argument("forward indices must be uint8, uint16 or uint32, got " + dtype_name(indices));
-    }
-}
-
-py::array_t<float, py::array::c_style | py::array::forcecast> projections(const py::array& P_in) {
-    auto P = py::array_t<float, py::array::c_style | py::array::forcecast>::ensure(P_in);
+// Projections (nq, width) as float32; width must cover every forward index (index_bound, 0 when unknown).
+void check_projections(const FloatArray& P, size_t index_bound) {
     if (P.ndim() != 2) throw std::invalid_argument("projections must be 2-D (nq, h)");
-    return P;
+    if (static_cast<size_t>(P.shape(1)) < index_bound)
+        throw std::invalid_argument("projections have " + std::to_string(P.shape(1)) +
+                                    " columns, the forward codes need " + std::to_string(index_bound));
 }
 
-py::tuple dense_rerank(const py::array& fwd_indices, const py::array& fwd_values, const py::array& P_in,
-                       const py::array& candidates_in, int64_t top_k, int num_threads) {
-    auto P = projections(P_in);
-    auto cand = py::array_t<int64_t, py::array::c_style | py::array::forcecast>::ensure(candidates_in);
+py::tuple rerank_query(const ForwardArrays& fa, size_t index_bound, const FloatArray& P, const Int64Array& cand,
+                       int64_t top_k, int num_threads) {
+    check_projections(P, index_bound);
     require_2d(cand, "candidates");
     if (cand.shape(0) != P.shape(0)) throw std::invalid_argument("candidates and projections disagree on nq");
     const size_t nq = P.shape(0), h = P.shape(1), c = cand.shape(1);
     Results out(nq, top_k);
     int64_t* oi = out.ids.mutable_data();
     float* os = out.scores.mutable_data();
-    with_forward(fwd_indices, fwd_values, [&](auto fc) {
+    {
         py::gil_scoped_release release;
-        csae::rerank(fc, P.data(), h, nq, cand.data(), c, top_k, oi, os, num_threads);
-    });
+        fa.with_codes([&](auto fc) { csae::rerank(fc, P.data(), h, nq, cand.data(), c, top_k, oi, os, num_threads); });
+    }
     return out.tuple();
 }
 
-py::tuple dense_scan(const py::array& fwd_indices, const py::array& fwd_values, const py::array& P_in, int64_t top_k,
+py::tuple scan_query(const ForwardArrays& fa, size_t index_bound, const FloatArray& P, int64_t top_k,
                      int num_threads, const py::object& allowed_in) {
-    auto P = projections(P_in);
+    check_projections(P, index_bound);
     const size_t nq = P.shape(0), h = P.shape(1);
-    const uint8_t* allowed = allowed_mask(allowed_in, fwd_indices.ndim() > 0 ? fwd_indices.shape(0) : 0);
+    const uint8_t* allowed = allowed_mask(allowed_in, fa.n());
     Results out(nq, top_k);
     int64_t* oi = out.ids.mutable_data();
     float* os = out.scores.mutable_data();
-    with_forward(fwd_indices, fwd_values, [&](auto fc) {
+    {
         py::gil_scoped_release release;
-        csae::scan_all(fc, P.data(), h, nq, top_k, oi, os, num_threads, allowed);
-    });
+        fa.with_codes([&](auto fc) { csae::scan_all(fc, P.data(), h, nq, top_k, oi, os, num_threads, allowed); });
+    }
     return out.tuple();
 }
+
+// ---- the free functions (the engine's current calls) ----
+
+py::tuple sparse_search(py::array offsets, py::array local_ids, py::array values, int64_t n, int64_t h,
+                        int64_t window_bits, const Int64Array& q_lat, const FloatArray& q_val, int64_t top_k,
+                        int num_threads, const py::object& allowed) {
+    PostingArrays pa(std::move(offsets), std::move(local_ids), std::move(values), n, h, window_bits, "values");
+    return sparse_query(pa, q_lat, q_val, top_k, num_threads, allowed);
+}
+
+py::tuple dense_rerank(py::array fwd_indices, py::array fwd_values, const FloatArray& P, const Int64Array& candidates,
+                       int64_t top_k, int num_threads) {
+    ForwardArrays fa(std::move(fwd_indices), std::move(fwd_values), "forward indices", "forward values");
+    return rerank_query(fa, 0, P, candidates, top_k, num_threads);
+}
+
+py::tuple dense_scan(py::array fwd_indices, py::array fwd_values, const FloatArray& P, int64_t top_k, int num_threads,
+                     const py::object& allowed) {
+    ForwardArrays fa(std::move(fwd_indices), std::move(fwd_values), "forward indices", "forward values");
+    return scan_query(fa, 0, P, top_k, num_threads, allowed);
+}
+
+// ---- SegmentIndex ----
+
+// One index segment: its windowed postings and forward codes, checked once, then searched, reranked, scanned and
+// exported without re-checking them. Immutable; any number of threads may query it at once.
+class SegmentIndex {
+  public:
+    SegmentIndex(py::array offsets, py::array local_ids, py::array post_values, py::array fwd_indices,
+                 py::array fwd_values, int64_t n, int64_t h, int64_t window_bits)
+        : postings_(std::move(offsets), std::move(local_ids), std::move(post_values), n, h, window_bits, "post_values"),
+          forward_(std::move(fwd_indices), std::move(fwd_values), "fwd_indices", "fwd_values") {
+        if (forward_.n() != postings_.n)
+            throw std::invalid_argument("fwd_indices has " + std::to_string(forward_.n()) + " rows, expected n = " +
+                                        std::to_string(postings_.n));
+        py::gil_scoped_release release;
+        postings_.check_contents();
+        forward_bound_ = forward_.index_bound();
+    }
+
+    py::tuple search(const Int64Array& q_lat, const FloatArray& q_val, int64_t top_k, int num_threads,
+                     const py::object& allowed) const {
+        return sparse_query(postings_, q_lat, q_val, top_k, num_threads, allowed);
+    }
+
+    py::tuple rerank(const FloatArray& P, const Int64Array& candidates, int64_t top_k, int num_threads) const {
+        return rerank_query(forward_, forward_bound_, P, candidates, top_k, num_threads);
+    }
+
+    py::tuple scan(const FloatArray& P, int64_t top_k, int num_threads, const py::object& allowed) const {
+        return scan_query(forward_, forward_bound_, P, top_k, num_threads, allowed);
+    }
+
+    // Every posting of window w in latent order: (rows within the window, latents, values as float32).
+    py::tuple window_postings(int64_t w) const {
+        const size_t W = postings_.n_windows, h = postings_.h;
+        if (w < 0 || static_cast<size_t>(w) >= W)
+            throw std::invalid_argument("window " + std::to_string(w) + " out of range: the segment has " +
+                                        std::to_string(W) + " windows");
+        const int64_t* off = postings_.offset_data();
+        size_t total = 0;
+        for (size_t lat = 0; lat < h; ++lat) total += off[lat * W + w + 1] - off[lat * W + w];
+        py::array_t<int32_t> rows(total), latents(total);
+        py::array_t<float> values(total);
+        int32_t* r = rows.mutable_data();
+        int32_t* l = latents.mutable_data();
+        float* v = values.mutable_data();
+        const uint16_t* ids = postings_.local_id_data();
+        {
+            py::gil_scoped_release release;
+            postings_.with_view(nullptr, [&](const auto& ix) {
+                size_t at = 0;
+                for (size_t lat = 0; lat < h; ++lat)
+                    for (int64_t p = off[lat * W + w]; p < off[lat * W + w + 1]; ++p, ++at) {
+                        r[at] = ids[p];
+                        l[at] = static_cast<int32_t>(lat);
+                        v[at] = value_as_float(ix.values[p]);
+                    }
+            });
+        }
+        return py::make_tuple(rows, latents, values);
+    }
+
+    size_t n() const { return postings_.n; }
+    size_t h() const { return postings_.h; }
+    size_t window_bits() const { return postings_.window_bits; }
+    size_t n_windows() const { return postings_.n_windows; }
+    size_t forward_width() const { return forward_.width(); }
+    size_t n_postings() const { return postings_.n_postings(); }
+
+  private:
+    static float value_as_float(float v) { return v; }
+    static float value_as_float(uint16_t bits) { return csae::half_to_float(bits); }
+
+    PostingArrays postings_;
+    ForwardArrays forward_;
+    size_t forward_bound_ = 0;  // one more than the largest forward index
+};
 
 }  // namespace
 
 PYBIND11_MODULE(_core, m) {
-    m.doc() = "csae_engine's C++ core: posting lists and the inverted-index scorer";
+    m.doc() = "csae_engine's C++ core: posting lists, the windowed inverted-index scorer and dense reranking";
     m.def("build_postings", &build_postings, py::arg("indices"), py::arg("values"), py::arg("h"),
           py::arg("num_threads") = -1,
           "Inverted lists of (n, k) codes: (offsets (h+1,) int64, item ids (n*k,) uint32, values (n*k,)).\n"
@@ -276,6 +509,107 @@ PYBIND11_MODULE(_core, m) {
     m.def("dense_scan", &dense_scan, py::arg("indices"), py::arg("values"), py::arg("projections"), py::arg("top_k"),
           py::arg("num_threads") = -1, py::arg("allowed") = py::none(),
           "Like dense_rerank over every item (or the items allowed by an (n,) uint8/bool mask).");
+
+    py::class_<SegmentIndex>(m, "SegmentIndex", R"doc(
+One index segment: windowed posting lists and forward codes, checked once, then queried.
+
+The arrays are held, never copied (they may be read-only memory maps) and must not change afterwards.
+
+Parameters
+----------
+offsets : (n_windows * h + 1,) int64
+    Postings of latent i in window w: ``offsets[i * n_windows + w] : offsets[i * n_windows + w + 1]``.
+local_ids : (n_postings,) uint16
+    Each posting's row relative to its window's first row.
+post_values : (n_postings,) float16 or float32
+fwd_indices : (n, width) uint8, uint16 or uint32
+    Forward codes: the latents of each row.
+fwd_values : (n, width) float16 or float32
+n : int
+    Rows in the segment.
+h : int
+    Latents.
+window_bits : int
+    Windows hold ``2 ** window_bits`` rows, 1..16.
+
+Raises
+------
+ValueError
+    Naming the array and the problem (dtype, contiguity, shape, offsets, local ids outside their window).
+)doc")
+        .def(py::init<py::array, py::array, py::array, py::array, py::array, int64_t, int64_t, int64_t>(),
+             py::arg("offsets"), py::arg("local_ids"), py::arg("post_values"), py::arg("fwd_indices"),
+             py::arg("fwd_values"), py::arg("n"), py::arg("h"), py::arg("window_bits"))
+        .def("search", &SegmentIndex::search, py::arg("query_indices"), py::arg("query_values"), py::arg("top_k"),
+             py::arg("num_threads") = -1, py::arg("allowed") = py::none(), R"doc(
+Exact top-k rows by the dot product of sparse queries with the posting lists.
+
+Parameters
+----------
+query_indices : (nq, q) int
+    Latents, each in 0..h-1.
+query_values : (nq, q) float
+top_k : int
+    Positive.
+num_threads : int, default -1 (all cores)
+allowed : None or (n,) uint8/bool
+    Rows that may be returned (non-zero).
+
+Returns
+-------
+ids : (nq, top_k) int64
+    Rows of the segment, best first; -1 pads when fewer rows are allowed.
+scores : (nq, top_k) float32
+    -inf where ids is -1. Ties go to the smaller row.
+)doc")
+        .def("rerank", &SegmentIndex::rerank, py::arg("projections"), py::arg("candidates"), py::arg("top_k"),
+             py::arg("num_threads") = -1, R"doc(
+Top-k of candidate rows by the forward codes: score = sum_j fwd_values[i, j] * projections[q, fwd_indices[i, j]].
+
+Parameters
+----------
+projections : (nq, p) float
+    p covers every forward index.
+candidates : (nq, c) int
+    Rows to score; -1 = none.
+top_k : int
+num_threads : int, default -1
+
+Returns
+-------
+ids : (nq, top_k) int64
+scores : (nq, top_k) float32
+)doc")
+        .def("scan", &SegmentIndex::scan, py::arg("projections"), py::arg("top_k"), py::arg("num_threads") = -1,
+             py::arg("allowed") = py::none(), R"doc(
+Like rerank over every row (or the rows allowed by an (n,) uint8/bool mask).
+
+Returns
+-------
+ids : (nq, top_k) int64
+scores : (nq, top_k) float32
+)doc")
+        .def("window_postings", &SegmentIndex::window_postings, py::arg("w"), R"doc(
+Every posting of window w, in latent order.
+
+Parameters
+----------
+w : int
+    0..n_windows-1; the window holds rows ``w << window_bits`` onwards.
+
+Returns
+-------
+rows : (m,) int32
+    Rows relative to the window's first row.
+latents : (m,) int32
+values : (m,) float32
+)doc")
+        .def_property_readonly("n", &SegmentIndex::n, "Rows in the segment.")
+        .def_property_readonly("h", &SegmentIndex::h, "Latents.")
+        .def_property_readonly("window_bits", &SegmentIndex::window_bits, "Windows hold 2 ** window_bits rows.")
+        .def_property_readonly("n_windows", &SegmentIndex::n_windows, "Windows: ceil(n / 2 ** window_bits).")
+        .def_property_readonly("forward_width", &SegmentIndex::forward_width, "Columns of the forward codes.")
+        .def_property_readonly("n_postings", &SegmentIndex::n_postings, "Postings over all lists: offsets[-1].");
 #ifdef CSAE_VERSION
     m.attr("__version__") = CSAE_VERSION;
 #endif

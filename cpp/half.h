@@ -32,7 +32,4 @@ inline float half_to_float(uint16_t h) {
 #endif
 }
 
-inline float to_float(float v) { return v; }
-inline float to_float(uint16_t v) { return half_to_float(v); }
-
 }  // namespace csae

@@ -1,0 +1,141 @@
+"""csae_engine's C++ core (cpp/bindings.cpp): posting lists, the windowed inverted-index scorer and dense reranking.
+
+Every function raises ValueError naming the array and the problem when an input has the wrong dtype or shape.
+"""
+import numpy as np
+from numpy.typing import ArrayLike, NDArray
+
+__version__: str
+
+def build_postings(indices: NDArray[np.uint8 | np.uint16 | np.uint32], values: NDArray[np.float16 | np.float32],
+                   h: int, num_threads: int = -1) -> tuple[NDArray[np.int64], NDArray[np.uint32], NDArray]:
+    """Inverted lists of (n, k) codes: (offsets (h+1,) int64, item ids (n*k,) uint32, values (n*k,) in their dtype)."""
+
+def build_windowed(indices: NDArray[np.integer], values: NDArray[np.float16 | np.float32],
+                   keep: ArrayLike | None, h: int, window_bits: int = 16,
+                   num_threads: int = -1) -> tuple[NDArray[np.int64], NDArray[np.uint16], NDArray]:
+    """The windowed index of (n, k) codes: (offsets (n_windows*h+1,) int64, local ids uint16, values); keep: (n, k) mask."""
+
+def sparse_search(offsets: NDArray[np.int64], local_ids: NDArray[np.uint16], values: NDArray[np.float16 | np.float32],
+                  n: int, h: int, window_bits: int, query_indices: ArrayLike, query_values: ArrayLike, top_k: int,
+                  num_threads: int = -1,
+                  allowed: NDArray[np.uint8 | np.bool_] | None = None) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    """Exact top-k (ids, scores) (nq, top_k) of sparse queries over a windowed index; SegmentIndex.search per call."""
+
+def dense_rerank(indices: NDArray[np.uint8 | np.uint16 | np.uint32], values: NDArray[np.float16 | np.float32],
+                 projections: ArrayLike, candidates: ArrayLike, top_k: int,
+                 num_threads: int = -1) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    """Top-k of candidates (nq, c; -1 = none) by sum_j values[i, j] * projections[q, indices[i, j]]."""
+
+def dense_scan(indices: NDArray[np.uint8 | np.uint16 | np.uint32], values: NDArray[np.float16 | np.float32],
+               projections: ArrayLike, top_k: int, num_threads: int = -1,
+               allowed: NDArray[np.uint8 | np.bool_] | None = None) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    """Like dense_rerank over every item (or the items an (n,) uint8/bool mask allows)."""
+
+class SegmentIndex:
+    """One index segment: windowed posting lists and forward codes, checked once, then queried.
+
+    The arrays are held, never copied (they may be read-only memory maps), and must not change afterwards.
+
+    Parameters
+    ----------
+    offsets : (n_windows * h + 1,) int64
+        Postings of latent i in window w: ``offsets[i * n_windows + w] : offsets[i * n_windows + w + 1]``.
+    local_ids : (n_postings,) uint16
+        Each posting's row relative to its window's first row.
+    post_values : (n_postings,) float16 or float32
+    fwd_indices : (n, width) uint8, uint16 or uint32
+        Forward codes: the latents of each row.
+    fwd_values : (n, width) float16 or float32
+    n : int
+        Rows in the segment.
+    h : int
+        Latents.
+    window_bits : int
+        Windows hold ``2 ** window_bits`` rows, 1..16.
+
+    Raises
+    ------
+    ValueError
+        Naming the array and the problem (dtype, contiguity, shape, offsets, local ids outside their window).
+    """
+
+    def __init__(self, offsets: NDArray[np.int64], local_ids: NDArray[np.uint16],
+                 post_values: NDArray[np.float16 | np.float32], fwd_indices: NDArray[np.uint8 | np.uint16 | np.uint32],
+                 fwd_values: NDArray[np.float16 | np.float32], n: int, h: int, window_bits: int) -> None: ...
+
+    def search(self, query_indices: ArrayLike, query_values: ArrayLike, top_k: int, num_threads: int = -1,
+               allowed: NDArray[np.uint8 | np.bool_] | None = None) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """Exact top-k rows by the dot product of sparse queries with the posting lists.
+
+        Parameters
+        ----------
+        query_indices : (nq, q) int
+            Latents, each in 0..h-1.
+        query_values : (nq, q) float
+        top_k : int
+            Positive.
+        num_threads : int, default -1 (all cores)
+        allowed : None or (n,) uint8/bool
+            Rows that may be returned (non-zero).
+
+        Returns
+        -------
+        ids : (nq, top_k) int64
+            Rows of the segment, best first; -1 pads when fewer rows are allowed.
+        scores : (nq, top_k) float32
+            -inf where ids is -1. Ties go to the smaller row.
+        """
+
+    def rerank(self, projections: ArrayLike, candidates: ArrayLike, top_k: int,
+               num_threads: int = -1) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """Top-k of candidate rows by score = sum_j fwd_values[i, j] * projections[q, fwd_indices[i, j]].
+
+        Parameters
+        ----------
+        projections : (nq, p) float
+            p covers every forward index.
+        candidates : (nq, c) int
+            Rows to score; -1 = none.
+        top_k : int
+        num_threads : int, default -1
+
+        Returns
+        -------
+        ids : (nq, top_k) int64
+        scores : (nq, top_k) float32
+        """
+
+    def scan(self, projections: ArrayLike, top_k: int, num_threads: int = -1,
+             allowed: NDArray[np.uint8 | np.bool_] | None = None) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """Like rerank over every row (or the rows an (n,) uint8/bool mask allows): (ids, scores) (nq, top_k)."""
+
+    def window_postings(self, w: int) -> tuple[NDArray[np.int32], NDArray[np.int32], NDArray[np.float32]]:
+        """Every posting of window w (rows ``w << window_bits`` onwards) in latent order.
+
+        Returns
+        -------
+        rows : (m,) int32
+            Rows relative to the window's first row.
+        latents : (m,) int32
+        values : (m,) float32
+        """
+
+    @property
+    def n(self) -> int:
+        """Rows in the segment."""
+    @property
+    def h(self) -> int:
+        """Latents."""
+    @property
+    def window_bits(self) -> int:
+        """Windows hold 2 ** window_bits rows."""
+    @property
+    def n_windows(self) -> int:
+        """Windows: ceil(n / 2 ** window_bits)."""
+    @property
+    def forward_width(self) -> int:
+        """Columns of the forward codes."""
+    @property
+    def n_postings(self) -> int:
+        """Postings over all lists: offsets[-1]."""
