@@ -28,8 +28,8 @@ import csae_engine as ce
 from csae_engine import datasets
 from csae_engine.codes import index_dtype
 from csae_engine.metrics import exact_topk, recall
-from csae_engine.model import new_model
-from csae_engine.train import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_PAIRS_WEIGHT, DEFAULT_STEPS, DEFAULT_TAU
+from csae_engine.models import new_model
+from csae_engine.training import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_PAIRS_WEIGHT, DEFAULT_STEPS, DEFAULT_TAU
 
 from .common import RESULTS, SHARED_WORDNET, md_table, write_result
 

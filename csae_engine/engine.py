@@ -25,7 +25,8 @@ import torch
 from . import _core
 from .codes import SparseCodes, index_dtype
 from .data import unit_rows
-from .model import CompresSAE, _progress, load_model
+from .models import CompresSAE, TopKSAE, load_model, model_hash
+from .utils import progress_bar
 
 INDEX_FORMAT_VERSION = 3  # 3: posting lists in latent-major order
 WINDOW_BITS = 16  # 65,536 items per window: a 256 KiB float accumulator, resident in L2
@@ -118,8 +119,8 @@ class Engine:
     """
 
     def __init__(self, model: CompresSAE, *, num_threads: int = -1):
-        if not isinstance(model, CompresSAE):
-            raise TypeError(f"Engine needs a CompresSAE model, got {type(model).__name__}")
+        if not isinstance(model, TopKSAE):
+            raise TypeError(f"Engine needs a TopKSAE model (CompresSAE or CSR), got {type(model).__name__}")
         self.model = model.eval()
         self.num_threads = num_threads
         self.config: dict = {}
@@ -145,7 +146,7 @@ class Engine:
         directory: build larger than memory: each shard is written there as soon as it is encoded and mapped back,
         so memory holds one shard's work at a time; the directory is then a saved index (Engine.load reads it).
         """
-        X = self.model._check_input(X)
+        X = self.model.check_input(X)
         n = X.shape[0]
         ids = _check_ids(ids, n)
         if shard_size is None and directory is not None:
@@ -159,7 +160,8 @@ class Engine:
         writer = None if directory is None else _IndexWriter(Path(directory), self)
         segments = []
         try:
-            bar = _progress(range(0, n, shard_size), n, shard_size, "build shards", progress if n > shard_size else False)
+            bar = progress_bar(range(0, n, shard_size), total=-(-n // shard_size), desc="build shards", unit="batch",
+                              progress=progress if n > shard_size else False, items=n)
             for start in bar:
                 stop = min(n, start + shard_size)
                 codes = self.model.encode(X[start:stop], batch_size=batch_size, progress=False)
@@ -251,7 +253,7 @@ class Engine:
         """Encode and index new rows of X under ids (int64, required); an id already indexed is replaced (upsert).
         New items go to the delta segment, searched with the main index until compact()."""
         self._require_built()
-        X = self.model._check_input(X)
+        X = self.model.check_input(X)
         ids = _check_ids(ids, X.shape[0], required=True)
         codes = self.model.encode(X, batch_size=batch_size, progress=progress)
         fwd_indices, fwd_values = self._forward(codes)
@@ -338,7 +340,7 @@ class Engine:
             raise ValueError(f"top_k must be a positive int, got {top_k!r}")
         if top_k > n:
             raise ValueError(f"top_k={top_k} exceeds the {n} indexed items")
-        Q = unit_rows(self.model._check_input(Q, "Q")[:], 0, "Q")
+        Q = unit_rows(self.model.check_input(Q, "Q")[:], 0, "Q")
         threads = self.num_threads if num_threads is None else num_threads
         masks = self._allowed(segments, allow_ids)
         scan_all = mode == "dense" and isinstance(candidates, str)
@@ -506,7 +508,7 @@ class Engine:
         _check_file(path / "model.csae", manifest["model_file_sha256"], verify)
         if model is None:
             model = load_model(path / "model.csae")
-        if _model_hash(model) != manifest["model_sha256"]:
+        if model_hash(model) != manifest["model_sha256"]:
             raise ValueError(f"{path} was built with a different model than the one given")
         engine = cls(model, num_threads=num_threads)
         engine.config = {key: manifest[key] for key in _CONFIG}
@@ -553,7 +555,7 @@ class _IndexWriter:
         engine = self.engine
         engine.model.save(self.tmp / "model.csae")
         manifest = {"format": "csae-engine index", "format_version": INDEX_FORMAT_VERSION, **engine.config,
-                    "n": sum(seg.n_live for seg in segments), "model_sha256": _model_hash(engine.model),
+                    "n": sum(seg.n_live for seg in segments), "model_sha256": model_hash(engine.model),
                     "model_file_sha256": _sha256(self.tmp / "model.csae"), "has_delta": has_delta,
                     "segments": self.entries}
         (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
@@ -709,12 +711,4 @@ def _sha256(path, chunk: int = 1 << 22) -> str:
     with open(path, "rb") as f:
         while block := f.read(chunk):
             h.update(block)
-    return h.hexdigest()
-
-
-def _model_hash(model: CompresSAE) -> str:
-    h = hashlib.sha256(json.dumps(model.config(), sort_keys=True).encode())
-    for name, p in sorted(model.named_parameters()):
-        h.update(name.encode())
-        h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()

@@ -76,8 +76,8 @@ def _check_unsigned(model) -> None:
 
 
 def _model_sha256(model) -> str:
-    from .engine import _model_hash
-    return _model_hash(model)
+    from .models import model_hash
+    return model_hash(model)
 
 
 def export_milvus(engine_or_index_path, uri, collection: str, *, batch_size: int = 5000,
@@ -182,7 +182,7 @@ def search_milvus(uri, collection: str, model, Q, top_k: int = 10, *, batch_size
     if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
     _check_unsigned(model)
-    q_idx, q_val = query_codes(model, unit_rows(model._check_input(Q, "Q")[:], 0, "Q"), model.k)
+    q_idx, q_val = query_codes(model, unit_rows(model.check_input(Q, "Q")[:], 0, "Q"), model.k)
     client = _connect(uri, **client_kwargs)
     try:
         with _Calls(f"open collection {collection!r}"):

@@ -237,7 +237,7 @@ def test_default_ids_are_row_numbers_and_cost_nothing(small_model, tmp_path):
 
 
 def _csr_with_bias(d=32, h=128, k=8):
-    model = ce.CSR(d, h, k, seed=3)
+    model = ce.CSRAutoencoder(d, h, k, seed=3)
     gen = torch.Generator().manual_seed(4)
     with torch.no_grad():
         model.b_pre.copy_(0.3 * torch.randn(d, generator=gen))

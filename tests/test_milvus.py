@@ -135,7 +135,7 @@ def test_search_refuses_another_model_and_missing_collections(setup):
     other = ce.train(X, h=64, k=6, variant="csr", steps=5, batch_size=128, lr=1e-2, seed=1, progress=False)
     with pytest.raises(ValueError, match="exported from a different model"):
         search_milvus(setup["db"], "items", other, Q, 5)
-    wider = ce.CSR(16, 96, 6, seed=0)
+    wider = ce.CSRAutoencoder(16, 96, 6, seed=0)
     with pytest.raises(ValueError, match="codes with h=64, the model has h=96"):
         search_milvus(setup["db"], "items", wider, Q, 5)
     with pytest.raises(MilvusError, match="no collection 'nope'"):

@@ -1,46 +1,102 @@
-"""The models: CompresSAE (Kasalický et al., RecSys 2025) and CSR (Wen et al., ICML 2025), TopK sparse autoencoders
-on L2-normalised embeddings.
+"""TopKSAE: the base class of the TopK sparse autoencoders, on L2-normalised embeddings.
 
-CompresSAE (signed codes):
-    z     = x @ W_enc + b_enc                      W_enc (d, h), b_enc (h,)
-    code  = the k entries of largest |z|, signed
-    x_hat = code @ W_dec                           W_dec (h, d), rows of unit L2 norm, no bias
-    loss  = (1 - cos(x, x_hat_k)) + (1 - cos(x, x_hat_4k)) / 8
+Every variant encodes the same way and differs only in a few hooks:
 
-CSR (non-negative codes):
-    z     = (x - b_pre) @ W_enc + b_enc            b_pre (d,): the pre-bias
-    code  = ReLU of the k largest z                values >= 0
-    x_hat = code @ W_dec + b_pre                   W_dec = W_enc.T when tied (the default), unit-norm directions
-    loss  = |x - x_hat_k|^2 + |x - x_hat_4k|^2 / 8   squared error summed over d (= 2(1 - cos) near unit norm)
+    z     = x @ W_enc + encoder bias               W_enc (d, h)
+    code  = the k strongest entries of z           signed (CompresSAE) or ReLU'd (CSRAutoencoder)
+    x_hat = code @ W_dec + decoder_bias            W_dec (h, d), unit-norm directions
+    loss  = err(x, x_hat_k) + err(x, x_hat_4k) / 8   the multi-k loss, one forward pass
 
-Both may add AuxK (dead latents reconstruct the residual, Gao et al. 2024) and an InfoNCE term on query/document
-pairs; see train.py.
+A variant sets ``variant`` and ``signed`` and implements ``_recon_error`` (err above) and ``_residual`` (what AuxK
+reconstructs); CSRAutoencoder also overrides the bias and decoder hooks. The file format is in io.py.
 """
-import json
-import os
+import abc
+import contextlib
+from typing import NamedTuple
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import kernels
-from .codes import QUANTIZED_DTYPES, VALUE_DTYPES, SparseCodes, quantize_rows
-from .data import as_matrix, iter_batches
+from .. import kernels
+from ..codes import QUANTIZED_DTYPES, VALUE_DTYPES, SparseCodes, quantize_rows
+from ..data import as_matrix, iter_batches
+from ..utils import positive_int, progress_bar
+from .io import MODEL_FORMAT_VERSION, save_model
 
-MODEL_FORMAT_VERSION = 1
-VARIANTS = ("compressae", "csr")
+__all__ = ["INITS", "ForwardOutput", "TopKSAE", "autocast"]
+
 INITS = ("transpose", "random")
-_METADATA_KEY = "csae_engine"
 
 
-class CompresSAE(torch.nn.Module):
-    """TopK sparse autoencoder: encode (n, d) embeddings into k-sparse codes over h latents and decode them back.
+class ForwardOutput(NamedTuple):
+    """What ``TopKSAE.forward`` returns for a batch x (B, d).
 
-    init="transpose" starts the encoder as the decoder's transpose; "random" draws it independently (unit columns).
+    Attributes
+    ----------
+    loss : torch.Tensor
+        The multi-k reconstruction loss, a scalar.
+    cos_k : torch.Tensor
+        (B,) cosine between each row and its reconstruction from the top k, detached.
+    indices : torch.Tensor
+        (B, k) int64 latents of the top k, strongest first.
+    values : torch.Tensor
+        (B, k) their values.
+    x_hat : torch.Tensor
+        (B, d) the reconstruction from the top k (with the decoder bias), differentiable.
     """
 
-    variant = "compressae"
-    signed = True  # codes carry signs; CSR's are non-negative
+    loss: torch.Tensor
+    cos_k: torch.Tensor
+    indices: torch.Tensor
+    values: torch.Tensor
+    x_hat: torch.Tensor
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """The precision models run in on ``device``: bfloat16 autocast on CUDA, plain float32 elsewhere.
+
+    Parameters
+    ----------
+    device : torch.device
+        Where the model and its inputs are.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        A ``torch.autocast`` context to wrap the forward pass in.
+    """
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+class TopKSAE(torch.nn.Module, abc.ABC):
+    """TopK sparse autoencoder: encode (n, d) embeddings into k-sparse codes over h latents and decode them back.
+
+    The base class of CompresSAE and CSRAutoencoder; it is not instantiated itself.
+
+    Parameters
+    ----------
+    d : int
+        Embedding dimension.
+    h : int
+        Latents (default 4096).
+    k : int
+        Non-zeros per code, in 1..h (default 32).
+    seed : int
+        Seeds the initial weights.
+    init : str
+        "transpose" starts the encoder as the decoder's transpose; "random" draws it independently (unit columns).
+
+    Raises
+    ------
+    ValueError
+        d or h not a positive int, k outside 1..h, or an unknown init.
+    """
+
+    variant: str  # the name in model files: "compressae" or "csr"
+    signed: bool  # whether codes carry signs; CSR's are non-negative
     _tied = False  # CSR: the decoder is the encoder's transpose
 
     def __init__(self, d: int, h: int = 4096, k: int = 32, *, seed: int = 0, init: str = "transpose"):
@@ -81,9 +137,11 @@ class CompresSAE(torch.nn.Module):
 
     @property
     def device(self) -> torch.device:
+        """The device of the weights."""
         return self.W_enc.device
 
     def config(self) -> dict:
+        """What a model file records besides the weights: format version, variant, signed, d, h, k."""
         return {"format_version": MODEL_FORMAT_VERSION, "variant": self.variant, "signed": self.signed,
                 "d": self.d, "h": self.h, "k": self.k}
 
@@ -92,8 +150,21 @@ class CompresSAE(torch.nn.Module):
         """b with z = x @ W_enc + b."""
         return self.b_enc
 
-    def encode_tensor(self, x: torch.Tensor, k: int | None = None):
-        """indices (B, k) int64 and values (B, k) for unit-norm rows x (B, d), strongest first."""
+    def encode_tensor(self, x: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top-k codes of unit-norm rows.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            (B, d) unit-norm rows.
+        k : int, optional
+            Non-zeros per code (default the model's k).
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            indices (B, k) int64 and values (B, k), strongest first.
+        """
         return kernels.topk_encode(x, self.W_enc, self._encoder_bias(), self.k if k is None else k,
                                    backend=self.backend, nonneg=not self.signed)
 
@@ -102,41 +173,70 @@ class CompresSAE(torch.nn.Module):
         return kernels.sparse_decode(indices, values, self.W_dec, backend=self.backend)
 
     def decode_tensor(self, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        """The reconstruction (B, d): code @ W_dec, plus decoder_bias where the model has one."""
+        """The reconstruction (B, d): code @ W_dec, plus decoder_bias where the model has one.
+
+        Parameters
+        ----------
+        indices, values : torch.Tensor
+            (B, k) codes, as from encode_tensor.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, d) reconstructions.
+        """
         return self._decode_latents(indices, values)
 
+    @abc.abstractmethod
     def _recon_error(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-        return 1 - F.cosine_similarity(x_hat.float(), x.float(), dim=1)
+        """(B,) reconstruction error of each row: the loss term."""
 
-    def _forward(self, x: torch.Tensor):
-        """Multi-k reconstruction loss from one forward pass, cos_k per row, the top-k indices and values, x_hat_k."""
+    def forward(self, x: torch.Tensor) -> ForwardOutput:
+        """The multi-k reconstruction loss from one forward pass, with what training needs besides.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            (B, d) unit-norm rows.
+
+        Returns
+        -------
+        ForwardOutput
+            loss, cos_k per row (detached), the top-k indices and values, and x_hat_k.
+        """
         indices, values = self.encode_tensor(x, self.k_multi)
         k = self.k
         x_hat_k = self.decode_tensor(indices[:, :k], values[:, :k])
         x_hat_multi = x_hat_k + self._decode_latents(indices[:, k:], values[:, k:]) if self.k_multi > k else x_hat_k
         loss = self._recon_error(x, x_hat_k).mean() + self._recon_error(x, x_hat_multi).mean() / 8
         cos_k = F.cosine_similarity(x_hat_k.float(), x.float(), dim=1)
-        return loss, cos_k.detach(), indices[:, :k], values[:, :k], x_hat_k
+        return ForwardOutput(loss, cos_k.detach(), indices[:, :k], values[:, :k], x_hat_k)
 
-    def loss(self, x: torch.Tensor):
-        """Multi-k reconstruction loss; returns (loss, cos_k per row, indices of the top k)."""
-        loss, cos_k, indices, _, _ = self._forward(x)
-        return loss, cos_k, indices
-
-    def _residual(self, x: torch.Tensor, x_hat: torch.Tensor):
-        """What AuxK reconstructs, and the scale that maps the code's units onto it.
-
-        The cosine loss leaves |x_hat| free, so the residual is taken at unit scale: x - x_hat / |x_hat|.
-        """
-        norm = x_hat.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        return x - x_hat / norm, norm
+    @abc.abstractmethod
+    def _residual(self, x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """What AuxK reconstructs, and the scale that maps the code's units onto it."""
 
     def aux_loss(self, x: torch.Tensor, x_hat: torch.Tensor, dead: torch.Tensor, aux_k: int) -> torch.Tensor:
         """AuxK: the aux_k strongest dead latents of each row reconstruct the detached residual of x_hat.
 
-        dead: (h,) bool. The aux reconstruction adds no decoder bias (x_hat already holds it); the residual is
-        detached, so this loss trains only the dead latents (and the encoder bias terms they read). 0 when no
-        latent is dead.
+        The aux reconstruction adds no decoder bias (x_hat already holds it); the residual is detached, so this
+        loss trains only the dead latents (and the encoder bias terms they read).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            (B, d) unit-norm rows.
+        x_hat : torch.Tensor
+            (B, d) their reconstructions (ForwardOutput.x_hat).
+        dead : torch.Tensor
+            (h,) bool, the dead latents.
+        aux_k : int
+            Dead latents per row.
+
+        Returns
+        -------
+        torch.Tensor
+            A scalar; 0 (no gradient) when no latent is dead or aux_k is 0.
         """
         dead_ids = dead.nonzero().squeeze(1)
         if aux_k <= 0 or dead_ids.numel() == 0:
@@ -148,7 +248,8 @@ class CompresSAE(torch.nn.Module):
         return ((target - e_hat / scale) ** 2).sum(dim=1).mean()
 
     def dense_codes(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
-        """The k-sparse codes of x as dense (B, h) rows (differentiable through the values)."""
+        """The codes of encode_tensor(x, k) as dense (B, h) rows, zero outside the top k, differentiable through
+        the values."""
         idx, val = self.encode_tensor(x, k)
         return torch.zeros(x.shape[0], self.h, dtype=val.dtype, device=x.device).scatter(1, idx, val)
 
@@ -157,6 +258,18 @@ class CompresSAE(torch.nn.Module):
 
         Row i of queries is paired with row i of docs; every other doc of the batch is a negative, except copies
         of the positive doc (several queries may share one). loss = mean_i -log softmax_j(cos(c_qi, c_dj) / tau)[i].
+
+        Parameters
+        ----------
+        queries, docs : torch.Tensor
+            (B, d) unit-norm rows, paired by row.
+        tau : float
+            Temperature.
+
+        Returns
+        -------
+        torch.Tensor
+            A scalar.
         """
         iq, vq = self.encode_tensor(queries)
         vq = F.normalize(vq.float(), dim=1)
@@ -169,12 +282,13 @@ class CompresSAE(torch.nn.Module):
         logits = logits.masked_fill(same, float("-inf"))
         return F.cross_entropy(logits, torch.arange(len(queries), device=queries.device))
 
-    def _decoder_directions(self):
+    def _decoder_directions(self) -> tuple[torch.nn.Parameter, int]:
         """(parameter, dim) whose slices along dim are the decoder's unit directions."""
         return self.W_dec, 1
 
     @torch.no_grad()
     def normalize_decoder_(self) -> None:
+        """Rescale each decoder direction to unit L2 norm, in place."""
         w, dim = self._decoder_directions()
         w.div_(w.norm(dim=dim, keepdim=True).clamp_min(1e-12))
 
@@ -189,11 +303,31 @@ class CompresSAE(torch.nn.Module):
     @torch.no_grad()
     def encode(self, X, k: int | None = None, *, batch_size: int = 8192, value_dtype=np.float16,
                progress: bool | None = None) -> SparseCodes:
-        """SparseCodes of the rows of X (array, memmap or .npy path; rows are L2-normalised first).
+        """SparseCodes of the rows of X; rows are L2-normalised first.
 
-        k defaults to the model's k; a smaller k gives the strongest k of the full code (adaptive k, no retraining).
-        value_dtype: float16, float32, or 8 bits with a float16 scale per row: int8 (signed or not) or uint8
-        (non-negative codes only, i.e. CSR).
+        Parameters
+        ----------
+        X : array_like, np.memmap or path
+            (n, d) embeddings, or a .npy file of them (read a batch at a time).
+        k : int, optional
+            Non-zeros per code; default the model's k. A smaller k gives the strongest k of the full code
+            (adaptive k, no retraining).
+        batch_size : int
+            Rows encoded at once.
+        value_dtype : dtype
+            float16, float32, or 8 bits with a float16 scale per row: int8 (signed or not) or uint8 (non-negative
+            codes only, i.e. CSR).
+        progress : bool, optional
+            A progress bar; None shows one for 200,000 rows or more.
+
+        Returns
+        -------
+        SparseCodes
+
+        Raises
+        ------
+        ValueError
+            k outside 1..h, an unknown value_dtype, uint8 for signed codes, or bad rows in X (named by row).
         """
         k = self.k if k is None else k
         kernels.reference.check_k(k, self.h)
@@ -206,15 +340,18 @@ class CompresSAE(torch.nn.Module):
         if value_dtype == np.uint8 and self.signed:
             raise ValueError("uint8 values need non-negative codes (a CSR model); this model's codes are signed: "
                              "use int8")
+        batch_size = positive_int(batch_size, "batch_size")
         quantized = value_dtype in QUANTIZED_DTYPES
-        X = self._check_input(X)
+        X = self.check_input(X)
         n = X.shape[0]
         indices = np.zeros((n, k), np.uint32)
         values = np.zeros((n, k), value_dtype)
         scales = np.zeros(n, np.float16) if quantized else None
-        for start, batch in _progress(iter_batches(X, batch_size), n, batch_size, "encode", progress):
+        batches = progress_bar(iter_batches(X, batch_size), total=-(-n // batch_size), desc="encode", unit="batch",
+                               progress=progress, items=n)
+        for start, batch in batches:
             x = torch.from_numpy(batch).to(self.device)
-            with _autocast(self.device):
+            with autocast(self.device):
                 idx, val = self.encode_tensor(x, k)
             rows = slice(start, start + len(batch))
             indices[rows] = idx.cpu().numpy()
@@ -227,11 +364,32 @@ class CompresSAE(torch.nn.Module):
 
     @torch.no_grad()
     def decode(self, codes: SparseCodes, *, batch_size: int = 65536) -> np.ndarray:
-        """Reconstructions (n, d) float32 of codes (8-bit values are dequantised)."""
+        """Reconstructions of codes (8-bit values are dequantised).
+
+        Parameters
+        ----------
+        codes : SparseCodes
+            Codes over this model's h latents.
+        batch_size : int
+            Rows decoded at once.
+
+        Returns
+        -------
+        np.ndarray
+            (n, d) float32.
+
+        Raises
+        ------
+        TypeError
+            codes is not a SparseCodes.
+        ValueError
+            codes have another h.
+        """
         if not isinstance(codes, SparseCodes):
             raise TypeError(f"decode takes SparseCodes, got {type(codes).__name__}")
         if codes.h != self.h:
             raise ValueError(f"codes have h={codes.h}, the model has h={self.h}")
+        batch_size = positive_int(batch_size, "batch_size")
         out = np.empty((codes.n, self.d), np.float32)
         for start in range(0, codes.n, batch_size):
             rows = slice(start, start + batch_size)
@@ -242,144 +400,42 @@ class CompresSAE(torch.nn.Module):
             out[rows] = self.decode_tensor(idx, torch.from_numpy(val).to(self.device)).float().cpu().numpy()
         return out
 
-    def _check_input(self, X, name: str = "X") -> np.ndarray:
+    def check_input(self, X, name: str = "X") -> np.ndarray:
+        """X as a 2-D floating matrix of this model's d columns (see data.as_matrix); rows are not normalised.
+
+        Parameters
+        ----------
+        X : array_like, np.memmap or path
+            (n, d) embeddings or a .npy file of them.
+        name : str
+            What errors call X.
+
+        Returns
+        -------
+        np.ndarray
+            X, or a view of it (a FileMatrix for files).
+
+        Raises
+        ------
+        FileNotFoundError
+            X is a path that does not exist.
+        ValueError
+            X is not 2-D, empty, not floating, or has another number of columns than d.
+        """
         X = as_matrix(X, name)
         if X.shape[1] != self.d:
             raise ValueError(f"{name} has d={X.shape[1]} columns, the model expects d={self.d}")
         return X
 
     def save(self, path) -> None:
-        """One safetensors file: weights plus the JSON config in its metadata. The write is atomic."""
-        from safetensors.torch import save_file
-        path = os.fspath(path)
-        tensors = {n: p.detach().float().cpu().contiguous() for n, p in self.named_parameters()}
-        tmp = path + ".tmp"
-        save_file(tensors, tmp, metadata={_METADATA_KEY: json.dumps(self.config())})
-        os.replace(tmp, path)
+        """Write the model to one safetensors file (weights, and config() in its metadata), atomically.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write; io.load_model reads it back.
+        """
+        save_model(self, path)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(d={self.d}, h={self.h}, k={self.k})"
-
-
-class CSR(CompresSAE):
-    """Contrastive Sparse Representation (Wen et al., ICML 2025): non-negative TopK codes with a pre-bias.
-
-    tied=True (CSR's choice) makes the decoder the encoder's transpose: W_dec is then W_enc.T (computed, read-only),
-    not a parameter, and init must be "transpose". Decoder directions are kept at unit norm, as in CompresSAE.
-    """
-
-    variant = "csr"
-    signed = False
-
-    def __init__(self, d: int, h: int = 4096, k: int = 32, *, seed: int = 0, init: str = "transpose",
-                 tied: bool = True):
-        if not isinstance(tied, bool):
-            raise ValueError(f"tied must be True or False, got {tied!r}")
-        if tied and init != "transpose":
-            raise ValueError(f"a tied decoder is the encoder's transpose: init must be 'transpose', got {init!r}")
-        self._tied = tied
-        super().__init__(d, h, k, seed=seed, init=init)
-        self.b_pre = torch.nn.Parameter(torch.zeros(self.d))
-
-    def __getattr__(self, name):
-        if name == "W_dec" and self.__dict__.get("_tied"):
-            return self.W_enc.T.contiguous()  # a copy: embedding_bag on the strided view is ~10x slower
-        return super().__getattr__(name)
-
-    @property
-    def tied(self) -> bool:
-        return self._tied
-
-    @property
-    def decoder_bias(self) -> torch.Tensor:
-        return self.b_pre
-
-    def config(self) -> dict:
-        return {**super().config(), "tied": self._tied}
-
-    def _encoder_bias(self) -> torch.Tensor:
-        # (x - b_pre) @ W_enc + b_enc, folded into the bias so the TopK op never needs a gradient for x
-        return self.b_enc - self.b_pre @ self.W_enc
-
-    def decode_tensor(self, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-        return self._decode_latents(indices, values) + self.b_pre.to(values.dtype)
-
-    def _recon_error(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
-        return ((x.float() - x_hat.float()) ** 2).sum(dim=1)
-
-    def _residual(self, x: torch.Tensor, x_hat: torch.Tensor):
-        return x - x_hat, 1.0
-
-    def _decoder_directions(self):
-        return (self.W_enc, 0) if self._tied else (self.W_dec, 1)
-
-    def __repr__(self) -> str:
-        return f"CSR(d={self.d}, h={self.h}, k={self.k}, tied={self._tied})"
-
-
-def new_model(variant: str, d: int, h: int = 4096, k: int = 32, *, seed: int = 0, init: str = "transpose",
-              tied: bool | None = None) -> CompresSAE:
-    """An untrained model of the named variant ("compressae" or "csr")."""
-    if variant not in VARIANTS:
-        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-    if variant == "csr":
-        return CSR(d, h, k, seed=seed, init=init, tied=True if tied is None else tied)
-    if tied:
-        raise ValueError("tied decoders are a CSR option; CompresSAE's decoder is free")
-    return CompresSAE(d, h, k, seed=seed, init=init)
-
-
-def load_model(path, device: str | torch.device = "cpu") -> CompresSAE:
-    """Load a model written by save (CompresSAE or CSR); anything else is refused with a ValueError saying why."""
-    from safetensors import safe_open
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"no such model file {path!r}")
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {name: f.get_tensor(name) for name in f.keys()}
-    except Exception as e:
-        raise ValueError(f"{path!r} is not a readable csae model file (damaged or not safetensors: {e})") from e
-    if _METADATA_KEY not in meta:
-        raise ValueError(f"{path!r} is a safetensors file but not a csae model (no {_METADATA_KEY!r} metadata)")
-    try:
-        cfg = json.loads(meta[_METADATA_KEY])
-        version, variant, d, h, k = (cfg[key] for key in ("format_version", "variant", "d", "h", "k"))
-    except Exception as e:
-        raise ValueError(f"{path!r}: unreadable model config ({e})") from e
-    if version != MODEL_FORMAT_VERSION:
-        raise ValueError(f"{path!r}: model format version {version}, this build reads {MODEL_FORMAT_VERSION}")
-    if variant not in VARIANTS:
-        raise ValueError(f"{path!r}: unknown variant {variant!r}")
-    if "signed" in cfg and cfg["signed"] != (variant == "compressae"):  # files before CSR carry no "signed"
-        raise ValueError(f"{path!r}: config says signed={cfg['signed']!r}, but {variant} codes are "
-                         f"{'signed' if variant == 'compressae' else 'non-negative'}")
-    tied = cfg.get("tied") if variant == "csr" else None
-    if variant == "csr" and not isinstance(tied, bool):
-        raise ValueError(f"{path!r}: a CSR config needs tied true or false, got {tied!r}")
-    try:
-        model = new_model(variant, d, h, k, tied=tied)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path!r}: invalid model config ({e})") from e
-    expected = {n: tuple(p.shape) for n, p in model.named_parameters()}
-    found = {n: tuple(t.shape) for n, t in tensors.items()}
-    if found != expected:
-        raise ValueError(f"{path!r}: weights {found} do not match the config's shapes {expected}")
-    for name, t in tensors.items():
-        if not torch.isfinite(t).all():
-            raise ValueError(f"{path!r}: weight {name} holds NaN or Inf")
-    model.load_state_dict(tensors)
-    return model.to(device)
-
-
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
-
-
-def _progress(iterable, n_rows, batch_size, desc, progress):
-    from tqdm.auto import tqdm
-    disable = (n_rows < 200_000) if progress is None else not progress
-    return tqdm(iterable, total=-(-n_rows // batch_size), desc=desc, unit="batch", disable=disable)

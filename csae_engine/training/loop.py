@@ -1,7 +1,6 @@
 """The training loop: Adam on the multi-k reconstruction loss, batches sampled from data that may not fit in memory;
 optionally AuxK for dead latents and an InfoNCE term on query/document pairs."""
-import math
-import numbers
+import dataclasses
 import queue
 import threading
 import time
@@ -9,26 +8,22 @@ import time
 import numpy as np
 import torch
 
-from .data import as_matrix, unit_rows
-from .model import CompresSAE, _autocast, new_model
+from ..data import as_matrix, unit_rows, unit_rows_at
+from ..models import TopKSAE, new_model
+from ..utils import progress_bar
+from .config import TrainConfig
+from .step import lr_factor, train_step
 
-# Defaults measured on 117,659 MiniLM items (d=384) with h=4096, k=32 on a 2-core CPU; see README.
-DEFAULT_STEPS = 5000
-DEFAULT_BATCH = 1024
-DEFAULT_LR = 3e-3
-DEFAULT_AUX_WEIGHT = 1 / 32   # Gao et al. 2024 and CSR
-DEFAULT_TAU = 0.2             # CSR's temperature for retrieval pairs
-DEFAULT_PAIRS_WEIGHT = 0.1    # CSR's contrastive coefficient for text retrieval
+__all__ = ["train", "check_pairs"]
 
 
-def train(X, h: int = 4096, k: int = 32, *, variant: str | None = None, steps: int = DEFAULT_STEPS,
-          batch_size: int = DEFAULT_BATCH, lr: float = DEFAULT_LR, warmup: float = 0.02, decay: float = 0.2,
-          seed: int = 0, device: str | torch.device | None = None, dead_window: int | None = None,
-          progress: bool | None = None, model: CompresSAE | None = None, init: str = "transpose",
-          tied: bool | None = None, aux_k: int | None = None, aux_weight: float = DEFAULT_AUX_WEIGHT,
-          pairs=None, pairs_weight: float = DEFAULT_PAIRS_WEIGHT, tau: float = DEFAULT_TAU,
-          pairs_batch: int | None = None) -> CompresSAE:
+def train(X, h: int | None = None, k: int | None = None, *, model: TopKSAE | None = None, pairs=None,
+          progress: bool | None = None, config: TrainConfig | None = None, **options) -> TopKSAE:
     """Train a CompresSAE or CSR model on the rows of X (array, np.memmap or path to a .npy; never loaded whole).
+
+    The options are TrainConfig's fields (h, k, variant, steps, batch_size, lr, warmup, decay, seed, device,
+    dead_window, init, tied, aux_k, aux_weight, pairs_weight, tau, pairs_batch): pass a ``config``, keywords, or
+    both (keywords override the config's fields).
 
     variant: "compressae" (signed codes, the default) or "csr" (non-negative codes, pre-bias, tied decoder unless
     tied=False). init: "transpose" (encoder = decoder transpose) or "random". A fresh CSR starts its pre-bias at the
@@ -43,88 +38,96 @@ def train(X, h: int = 4096, k: int = 32, *, variant: str | None = None, steps: i
     residual, weighted by ``aux_weight``. aux_k=None: ``model.default_aux_k`` (max(2k, d/2), at most h) for CSR,
     0 (off) for CompresSAE; 0 turns it off.
 
-    pairs=(queries, docs), two (m, d) arrays whose row i go together: each step also draws ``pairs_batch`` pairs
-    (default min(batch_size, m)) and adds ``pairs_weight`` times InfoNCE over in-batch negatives on the normalised
-    codes at temperature ``tau``. The pairs are read into memory.
+    Parameters
+    ----------
+    X : array_like, np.memmap or path
+        (n, d) embeddings; rows are L2-normalised as they are read.
+    h, k : int, optional
+        Latents and non-zeros per code of a fresh model (default: the config's, 4096 and 32).
+    model : TopKSAE, optional
+        A model to continue training (h, k, init and tied are then unused).
+    pairs : tuple of array_like, optional
+        (queries, docs), two (m, d) arrays whose row i go together: each step also draws ``pairs_batch`` pairs
+        (default min(batch_size, m)) and adds ``pairs_weight`` times InfoNCE over in-batch negatives on the
+        normalised codes at temperature ``tau``. The pairs are read into memory.
+    progress : bool, optional
+        A progress bar with loss, cosine and dead share; None shows it for 200,000 samples (steps x batch) or more.
+    config : TrainConfig, optional
+        The options; default TrainConfig().
+    **options
+        TrainConfig fields, overriding config's.
 
-    Pass ``model`` to continue training it. Returns the model; ``model.history`` holds rows of step, loss,
-    cos_k, dead share, seconds (and aux, ncl when on).
+    Returns
+    -------
+    TopKSAE
+        The model, in eval mode; ``model.history`` holds rows of step, loss, cos_k, dead share, seconds (and aux,
+        ncl when on).
+
+    Raises
+    ------
+    TypeError
+        An unknown option, or an option of the wrong type (see TrainConfig).
+    ValueError
+        An option out of range, a given model of another variant or d, bad pairs, or a bad row in X (by number).
+    FileNotFoundError
+        X or a pairs array is a path that does not exist.
     """
+    cfg = _config(config, h, k, options)
     X = as_matrix(X)
     n, d = X.shape
-    for name, v in (("steps", steps), ("batch_size", batch_size)):
-        if not isinstance(v, (int, np.integer)) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"{name} must be a positive int, got {v!r}")
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr!r}")
-    if not (isinstance(tau, numbers.Real) and math.isfinite(tau) and tau > 0):
-        raise ValueError(f"tau must be a positive number, got {tau!r}")
-    for name, v in (("aux_weight", aux_weight), ("pairs_weight", pairs_weight)):
-        if not (isinstance(v, numbers.Real) and math.isfinite(v) and v >= 0):
-            raise ValueError(f"{name} must be a number >= 0, got {v!r}")
     if model is None:
-        model = new_model("compressae" if variant is None else variant, d, h, k, seed=seed, init=init, tied=tied)
+        variant = "compressae" if cfg.variant is None else cfg.variant
+        model = new_model(variant, d, cfg.h, cfg.k, seed=cfg.seed, init=cfg.init, tied=cfg.tied)
         if model.variant == "csr":
             with torch.no_grad():
-                model.b_pre.copy_(torch.from_numpy(_sample_mean(X, seed)))
+                model.b_pre.copy_(torch.from_numpy(_sample_mean(X, cfg.seed)))
     else:
-        if variant is not None and variant != model.variant:
-            raise ValueError(f"variant={variant!r} but the given model is {model.variant!r}")
+        if not isinstance(model, TopKSAE):
+            raise TypeError(f"model must be a TopKSAE (CompresSAE or CSRAutoencoder), got {type(model).__name__}")
+        if cfg.variant is not None and cfg.variant != model.variant:
+            raise ValueError(f"variant={cfg.variant!r} but the given model is {model.variant!r}")
         if model.d != d:
             raise ValueError(f"X has d={d} columns, the model expects d={model.d}")
+    aux_k = cfg.aux_k
     if aux_k is None:
         aux_k = model.default_aux_k if model.variant == "csr" else 0
-    if not isinstance(aux_k, (int, np.integer)) or isinstance(aux_k, bool) or not 0 <= aux_k <= model.h:
+    if not 0 <= aux_k <= model.h:
         raise ValueError(f"aux_k must be an int in 0..h={model.h} (0 turns AuxK off), got {aux_k!r}")
-    if pairs is not None:
-        pairs = check_pairs(pairs, model.d)
-        pairs_batch = batch_size if pairs_batch is None else pairs_batch
-        if not isinstance(pairs_batch, (int, np.integer)) or isinstance(pairs_batch, bool) or pairs_batch < 2:
-            raise ValueError(f"pairs_batch must be an int >= 2 (in-batch negatives), got {pairs_batch!r}")
-        pairs_batch = min(pairs_batch, len(pairs[0]))
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    model.to(device).train()
-    batch_size = min(batch_size, n)
-    dead_window = dead_window or min(n, 1_000_000)
-
-    torch.manual_seed(seed)
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, steps, warmup, decay))
-    last_fired = torch.zeros(model.h, dtype=torch.int64, device=device)
     pair_iter = None
     if pairs is not None:
-        pair_iter = _pair_batches(*(torch.from_numpy(p).to(device) for p in pairs), pairs_batch, seed)
+        pairs = check_pairs(pairs, model.d)
+        pairs_batch = min(cfg.batch_size if cfg.pairs_batch is None else cfg.pairs_batch, len(pairs[0]))
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model.to(device).train()
+    steps = cfg.steps
+    batch_size = min(cfg.batch_size, n)
+    dead_window = cfg.dead_window or min(n, 1_000_000)
+
+    torch.manual_seed(cfg.seed)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, cfg.warmup, cfg.decay))
+    last_fired = torch.zeros(model.h, dtype=torch.int64, device=device)
+    if pairs is not None:
+        pair_iter = _pair_batches(*(torch.from_numpy(p).to(device) for p in pairs), pairs_batch, cfg.seed)
     seen = 0
     model.history = []
-    from tqdm.auto import tqdm
-    bar = tqdm(total=steps, desc="train", unit="step", disable=None if progress is None else not progress)
+    bar = progress_bar(total=steps, desc="train", unit="step", progress=progress, items=steps * batch_size)
     t0 = time.perf_counter()
-    for step, x in enumerate(_batches(X, batch_size, steps, seed)):
+    for step, x in enumerate(_batches(X, batch_size, steps, cfg.seed)):
         x = x.to(device, non_blocking=True)
         dead = (seen - last_fired) >= dead_window if seen >= dead_window else None
-        with _autocast(device):
-            loss, cos_k, top, top_values, x_hat = model._forward(x)
-            terms = {}
-            if aux_k and dead is not None and dead.any():
-                terms["aux"] = model.aux_loss(x, x_hat, dead, aux_k)
-                loss = loss + aux_weight * terms["aux"]
-            if pair_iter is not None:
-                terms["ncl"] = model.contrastive_loss(*next(pair_iter), tau)
-                loss = loss + pairs_weight * terms["ncl"]
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        model.remove_radial_grad_()
-        opt.step()
+        out = train_step(model, opt, x, dead=dead, aux_k=aux_k, aux_weight=cfg.aux_weight,
+                         pairs=None if pair_iter is None else next(pair_iter), pairs_weight=cfg.pairs_weight,
+                         tau=cfg.tau)
         schedule.step()
-        model.normalize_decoder_()
 
         seen += len(x)
-        last_fired[top[top_values.detach() != 0]] = seen
+        last_fired[out.indices[out.values != 0]] = seen
         if step % 10 == 0 or step == steps - 1:
             dead_share = dead.float().mean().item() if dead is not None else 0.0
-            row = {"step": step + 1, "loss": loss.item(), "cos_k": cos_k.mean().item(), "dead": dead_share,
+            row = {"step": step + 1, "loss": out.loss.item(), "cos_k": out.cos_k.mean().item(), "dead": dead_share,
                    "seconds": time.perf_counter() - t0}
-            row.update({name: t.item() for name, t in terms.items()})
+            row.update({name: t.item() for name, t in out.terms.items()})
             model.history.append(row)
             bar.set_postfix(loss=f"{row['loss']:.4f}", cos=f"{row['cos_k']:.3f}", dead=f"{dead_share:.1%}")
         bar.update(1)
@@ -133,8 +136,40 @@ def train(X, h: int = 4096, k: int = 32, *, variant: str | None = None, steps: i
     return model
 
 
-def check_pairs(pairs, d: int):
-    """(queries, docs) as unit-row float32 arrays of one shape (m, d), m >= 2; anything else is a ValueError."""
+def _config(config: TrainConfig | None, h: int | None, k: int | None, options: dict) -> TrainConfig:
+    """config (default TrainConfig()) with h, k and the options that were given put in; checks them all."""
+    if config is None:
+        config = TrainConfig()
+    elif not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    for name in options:
+        if name not in known:
+            raise TypeError(f"train() got an unknown option {name!r} (the options are TrainConfig's fields)")
+    given = {**options, **({"h": h} if h is not None else {}), **({"k": k} if k is not None else {})}
+    return dataclasses.replace(config, **given) if given else config
+
+
+def check_pairs(pairs, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """The training pairs, read into memory and checked.
+
+    Parameters
+    ----------
+    pairs : tuple
+        (queries, docs): two (m, d) arrays (or .npy paths) whose row i go together.
+    d : int
+        The model's embedding dimension.
+
+    Returns
+    -------
+    tuple of np.ndarray
+        queries and docs as float32 (m, d) with unit-norm rows.
+
+    Raises
+    ------
+    ValueError
+        Not a pair, shapes that differ, another d, fewer than 2 rows, or a NaN, Inf or zero row (by number).
+    """
     if not isinstance(pairs, (tuple, list)) or len(pairs) != 2:
         raise ValueError("pairs must be a (queries, docs) pair of (m, d) arrays")
     Q, D = (as_matrix(p, name) for p, name in zip(pairs, ("pairs queries", "pairs docs")))
@@ -161,22 +196,7 @@ def _pair_batches(Q: torch.Tensor, D: torch.Tensor, size: int, seed: int):
 def _sample_mean(X, seed: int, rows: int = 16384) -> np.ndarray:
     """Mean of up to `rows` seeded random unit-normalised rows of X."""
     take = np.sort(np.random.default_rng([seed, 2]).choice(X.shape[0], min(rows, X.shape[0]), replace=False))
-    try:
-        return unit_rows(X[take], 0, "X").mean(axis=0)
-    except ValueError:  # name the row in X, not in the sample
-        for r in take:
-            unit_rows(X[r:r + 1], int(r), "X")
-        raise
-
-
-def _lr_factor(step: int, steps: int, warmup: float, decay: float) -> float:
-    warm = max(1, int(warmup * steps))
-    if step < warm:
-        return (step + 1) / warm
-    tail = int(decay * steps)
-    if tail and step >= steps - tail:
-        return max(0.0, (steps - step) / tail)
-    return 1.0
+    return unit_rows_at(X, take, "X").mean(axis=0)
 
 
 def _batches(X: np.ndarray, batch_size: int, steps: int, seed: int):
@@ -192,14 +212,6 @@ def _batches(X: np.ndarray, batch_size: int, steps: int, seed: int):
             take, perm = np.sort(perm[:batch_size]), perm[batch_size:]
             yield take
 
-    def load(take):
-        try:
-            return unit_rows(X[take], 0, "X")
-        except ValueError:  # name the row in X, not in the batch
-            for r in take:
-                unit_rows(X[r:r + 1], int(r), "X")
-            raise
-
     q: queue.Queue = queue.Queue(maxsize=2)
     stop = threading.Event()
 
@@ -208,7 +220,7 @@ def _batches(X: np.ndarray, batch_size: int, steps: int, seed: int):
             for take in rows():
                 if stop.is_set():
                     return
-                q.put(torch.from_numpy(load(take)))
+                q.put(torch.from_numpy(unit_rows_at(X, take, "X")))
         except BaseException as e:  # handed to the consumer
             q.put(e)
         q.put(None)
