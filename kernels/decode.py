@@ -11,6 +11,8 @@ import triton.language as tl
 
 from .utils import FP_FUSION, on_device
 
+__all__ = ["sparse_decode_forward", "sparse_decode_backward", "SparseDecode", "sparse_decode"]
+
 # Tiles: a program holds a BLOCK_B x BLOCK_D fp32 accumulator. On CUDA one d-slice covers d <= 1024 (no dv atomics
 # at the common d = 384 / 768); the interpreter uses small tiles so its numpy arrays stay small.
 _CUDA_BLOCK_B = 16
@@ -161,5 +163,12 @@ class SparseDecode(torch.autograd.Function):
         return None, (dv.to(values.dtype) if need_v else None), (dW.to(W_dec.dtype) if need_w else None)
 
 
-def sparse_decode(indices, values, W_dec):
+def sparse_decode(indices: torch.Tensor, values: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+    """The Triton sparse decode with gradients for values and W_dec: see csae_engine.kernels.sparse_decode.
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not match, or tensors on different devices.
+    """
     return SparseDecode.apply(indices, values, W_dec)

@@ -22,6 +22,8 @@ import triton.language as tl
 from . import reference
 from .utils import FP_FUSION, on_device
 
+__all__ = ["MAX_FUSED_K", "topk_encode_forward", "topk_encode_backward", "TopKEncode", "topk_encode"]
+
 # The running top-k lives in registers: BLOCK_B x KP int64 keys. Past this KP (k > 256) it would spill, so larger k
 # fall back to torch's matmul + topk over row chunks of _FALLBACK_ROWS (the backward stays the sparse kernel).
 MAX_FUSED_K = 256
@@ -288,6 +290,13 @@ class TopKEncode(torch.autograd.Function):
         return None, dW, db, None
 
 
-def topk_encode(x, W_enc, b_enc, k: int):
+def topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton TopK encode with gradients for W_enc and b_enc: see csae_engine.kernels.topk_encode.
+
+    Raises
+    ------
+    ValueError
+        k outside 1..h, or shapes that do not chain.
+    """
     reference.check_k(k, W_enc.shape[1])
     return TopKEncode.apply(x, W_enc, b_enc, k)

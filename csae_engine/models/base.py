@@ -91,8 +91,10 @@ class TopKSAE(torch.nn.Module, abc.ABC):
 
     Raises
     ------
+    TypeError
+        d, h or k not an int.
     ValueError
-        d or h not a positive int, k outside 1..h, or an unknown init.
+        d or h not positive, k outside 1..h, or an unknown init.
     """
 
     variant: str  # the name in model files: "compressae" or "csr"
@@ -101,10 +103,8 @@ class TopKSAE(torch.nn.Module, abc.ABC):
 
     def __init__(self, d: int, h: int = 4096, k: int = 32, *, seed: int = 0, init: str = "transpose"):
         super().__init__()
-        for name, v in (("d", d), ("h", h)):
-            if not isinstance(v, (int, np.integer)) or v <= 0:
-                raise ValueError(f"{name} must be a positive int, got {v!r}")
-        kernels.reference.check_k(int(k) if isinstance(k, np.integer) else k, int(h))
+        d, h = positive_int(d, "d"), positive_int(h, "h")
+        kernels.reference.check_k(int(k) if isinstance(k, np.integer) else k, h)
         if init not in INITS:
             raise ValueError(f"init must be one of {INITS}, got {init!r}")
         self.d, self.h, self.k = int(d), int(h), int(k)

@@ -29,8 +29,10 @@ class CSRAutoencoder(TopKSAE):
 
     Raises
     ------
+    TypeError
+        tied not a bool, or any TypeError of TopKSAE.
     ValueError
-        tied not a bool, a tied decoder with init="random", or any error of TopKSAE.
+        A tied decoder with init="random", or any ValueError of TopKSAE.
     """
 
     variant = "csr"
@@ -39,7 +41,7 @@ class CSRAutoencoder(TopKSAE):
     def __init__(self, d: int, h: int = 4096, k: int = 32, *, seed: int = 0, init: str = "transpose",
                  tied: bool = True):
         if not isinstance(tied, bool):
-            raise ValueError(f"tied must be True or False, got {tied!r}")
+            raise TypeError(f"tied must be True or False, got {type(tied).__name__} {tied!r}")
         if tied and init != "transpose":
             raise ValueError(f"a tied decoder is the encoder's transpose: init must be 'transpose', got {init!r}")
         self._tied = tied
