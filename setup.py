@@ -44,7 +44,7 @@ class CMakeBuild(build_ext):
 
 setup(
     version=VERSION,
-    packages=["csae_engine", "csae_engine.kernels"],
+    packages=["csae_engine", "csae_engine.models", "csae_engine.training", "csae_engine.index", "csae_engine.kernels"],
     package_dir={"csae_engine": "csae_engine", "csae_engine.kernels": "kernels"},
     package_data={"csae_engine": ["*.pyi", "py.typed"]},
     ext_modules=[CMakeExtension("csae_engine._core")],

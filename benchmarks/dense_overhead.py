@@ -8,7 +8,6 @@ query encoding, the C++ scorer at top 10 and top 1,000, the projections W_dec q 
 import argparse
 import sys
 
-import numpy as np
 
 import csae_engine as ce
 from csae_engine import datasets

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 import csae_engine as ce
 from csae_engine import kernels
+from csae_engine.training import train_step
 
 from . import common
 
@@ -54,10 +55,6 @@ def _peak_mib(fn, cuda: bool):
     fn()
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() / 2**20
-
-
-def _autocast(cuda: bool):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
 
 
 def _unit_rows(n, d, device, seed, dtype=torch.float32):
@@ -93,26 +90,16 @@ def bench_encode(a, device, cuda):
     return rows
 
 
-def _train_step(model, opt, x, cuda):
-    with _autocast(cuda):
-        loss, _, _ = model.loss(x)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    model.remove_radial_grad_()
-    opt.step()
-    model.normalize_decoder_()
-    return loss
-
-
 def bench_train_step(a, device, cuda):
-    """samples/s and peak memory of one full training step (loss, backward, Adam, renormalise) per backend."""
+    """samples/s and peak memory of one full training step (csae_engine.training.train_step: forward under the
+    device's autocast, backward, radial-gradient removal, Adam, renormalise; AuxK and pairs off) per backend."""
     x = _unit_rows(a.batch_size, a.d, device, 2)
     res = {}
     for backend in ("torch", "triton"):
         model = ce.CompresSAE(a.d, a.h, a.k, seed=0).to(device)
         model.backend = backend
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-        fn = lambda: _train_step(model, opt, x, cuda)  # noqa: E731
+        fn = lambda: train_step(model, opt, x)  # noqa: E731
         ms = _bench_ms(fn, cuda, a.reps)
         res[backend] = {"ms": ms, "samples_per_s": a.batch_size / ms * 1e3, "peak_mib": _peak_mib(fn, cuda)}
         del model, opt
@@ -160,7 +147,7 @@ def _stream_loop(model, X, a, device, cuda):
             x.record_stream(torch.cuda.current_stream())
         if step + 1 < a.steps:
             nxt = fetch(starts[step + 1])
-        loss = _train_step(model, opt, x.float(), cuda)
+        loss = train_step(model, opt, x.float()).loss
     return loss.item()
 
 

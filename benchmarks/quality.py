@@ -27,9 +27,9 @@ import torch.nn.functional as F
 import csae_engine as ce
 from csae_engine import datasets
 from csae_engine.codes import index_dtype
-from csae_engine.metrics import exact_topk, recall
-from csae_engine.model import new_model
-from csae_engine.train import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_PAIRS_WEIGHT, DEFAULT_STEPS, DEFAULT_TAU
+from csae_engine.metrics import exact_topk, recall, task_recall
+from csae_engine.models import new_model
+from csae_engine.training import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_PAIRS_WEIGHT, DEFAULT_STEPS, DEFAULT_TAU
 
 from .common import RESULTS, SHARED_WORDNET, md_table, write_result
 
@@ -240,11 +240,6 @@ def equal_bytes_k8(k: int, h: int) -> int:
     """The largest k8 with k8 * (index + 1) + 2 <= k * (index + 2) bytes: 8-bit values plus a float16 row scale."""
     idx = index_dtype(h).itemsize
     return (k * (idx + 2) - 2) // (idx + 1)
-
-
-def task_recall(found: np.ndarray, relevant: np.ndarray, k: int = 10) -> float:
-    """Share of queries whose labelled answer is among their first k results."""
-    return float((np.asarray(found)[:, :k] == relevant[:, None]).any(axis=1).mean())
 
 
 def sparse_topk(q_codes, item_codes, top: int, chunk: int = 256) -> np.ndarray:

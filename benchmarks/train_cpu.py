@@ -15,7 +15,7 @@ import numpy as np
 import csae_engine as ce
 from csae_engine import datasets
 from csae_engine.metrics import exact_topk, recall
-from csae_engine.train import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS
+from csae_engine.training import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_STEPS
 
 from .common import SHARED_WORDNET, md_table, peak_rss_mib, perturbed, write_result
 

@@ -1,8 +1,7 @@
 // The only pybind11 file: checks shapes and dtypes, releases the GIL after reading inputs, returns numpy arrays.
 //
-// SegmentIndex holds one segment's arrays (never copied: they may be read-only memory maps) and checks them once;
-// the free functions sparse_search, dense_rerank and dense_scan take the same arrays on every call and run the
-// same code (PostingArrays, ForwardArrays and the *_query functions below).
+// SegmentIndex holds one segment's arrays (never copied: they may be read-only memory maps), checks them once, and
+// owns search, rerank, scan and export (PostingArrays, ForwardArrays and the *_query functions below).
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
@@ -349,7 +348,7 @@ py::tuple sparse_query(const PostingArrays& pa, const Int64Array& q_lat, const F
     return out.tuple();
 }
 
-// Projections (nq, width) as float32; width must cover every forward index (index_bound, 0 when unknown).
+// Projections (nq, width) as float32; width must cover every forward index (index_bound).
 void check_projections(const FloatArray& P, size_t index_bound) {
     if (P.ndim() != 2) throw std::invalid_argument("projections must be 2-D (nq, h)");
     if (static_cast<size_t>(P.shape(1)) < index_bound)
@@ -386,27 +385,6 @@ py::tuple scan_query(const ForwardArrays& fa, size_t index_bound, const FloatArr
         fa.with_codes([&](auto fc) { csae::scan_all(fc, P.data(), h, nq, top_k, oi, os, num_threads, allowed); });
     }
     return out.tuple();
-}
-
-// ---- the free functions (the engine's current calls) ----
-
-py::tuple sparse_search(py::array offsets, py::array local_ids, py::array values, int64_t n, int64_t h,
-                        int64_t window_bits, const Int64Array& q_lat, const FloatArray& q_val, int64_t top_k,
-                        int num_threads, const py::object& allowed) {
-    PostingArrays pa(std::move(offsets), std::move(local_ids), std::move(values), n, h, window_bits, "values");
-    return sparse_query(pa, q_lat, q_val, top_k, num_threads, allowed);
-}
-
-py::tuple dense_rerank(py::array fwd_indices, py::array fwd_values, const FloatArray& P, const Int64Array& candidates,
-                       int64_t top_k, int num_threads) {
-    ForwardArrays fa(std::move(fwd_indices), std::move(fwd_values), "forward indices", "forward values");
-    return rerank_query(fa, 0, P, candidates, top_k, num_threads);
-}
-
-py::tuple dense_scan(py::array fwd_indices, py::array fwd_values, const FloatArray& P, int64_t top_k, int num_threads,
-                     const py::object& allowed) {
-    ForwardArrays fa(std::move(fwd_indices), std::move(fwd_values), "forward indices", "forward values");
-    return scan_query(fa, 0, P, top_k, num_threads, allowed);
 }
 
 // ---- SegmentIndex ----
@@ -498,17 +476,6 @@ PYBIND11_MODULE(_core, m) {
           py::arg("window_bits") = 16, py::arg("num_threads") = -1,
           "The windowed inverted index of (n, k) codes: (offsets (n_windows*h+1,) int64, local ids uint16, values).\n"
           "keep: None or an (n, k) mask of entries to index.");
-    m.def("sparse_search", &sparse_search, py::arg("offsets"), py::arg("local_ids"), py::arg("values"), py::arg("n"),
-          py::arg("h"), py::arg("window_bits"), py::arg("query_indices"), py::arg("query_values"), py::arg("top_k"),
-          py::arg("num_threads") = -1, py::arg("allowed") = py::none(),
-          "Exact top-k by the dot product of sparse query codes (nq, q) with the indexed codes: (ids, scores) (nq, top_k).\n"
-          "allowed: None or an (n,) uint8/bool mask of the items that may be returned; fewer allowed than top_k pads with -1.");
-    m.def("dense_rerank", &dense_rerank, py::arg("indices"), py::arg("values"), py::arg("projections"),
-          py::arg("candidates"), py::arg("top_k"), py::arg("num_threads") = -1,
-          "Top-k of candidates (nq, c; -1 = none) by sum_j values[i, j] * projections[q, indices[i, j]].");
-    m.def("dense_scan", &dense_scan, py::arg("indices"), py::arg("values"), py::arg("projections"), py::arg("top_k"),
-          py::arg("num_threads") = -1, py::arg("allowed") = py::none(),
-          "Like dense_rerank over every item (or the items allowed by an (n,) uint8/bool mask).");
 
     py::class_<SegmentIndex>(m, "SegmentIndex", R"doc(
 One index segment: windowed posting lists and forward codes, checked once, then queried.

@@ -2,7 +2,8 @@
 from ._version import __version__
 from .codes import SparseCodes, load_codes
 from .engine import Engine
-from .model import CSR, CompresSAE, load_model
-from .train import train
+from .models import CompresSAE, CSRAutoencoder, TopKSAE, load_model, new_model
+from .training import TrainConfig, train
 
-__all__ = ["__version__", "train", "Engine", "CompresSAE", "CSR", "load_model", "SparseCodes", "load_codes"]
+__all__ = ["__version__", "train", "TrainConfig", "Engine", "TopKSAE", "CompresSAE", "CSRAutoencoder", "load_model",
+           "new_model", "SparseCodes", "load_codes"]

@@ -16,22 +16,6 @@ def build_windowed(indices: NDArray[np.integer], values: NDArray[np.float16 | np
                    num_threads: int = -1) -> tuple[NDArray[np.int64], NDArray[np.uint16], NDArray]:
     """The windowed index of (n, k) codes: (offsets (n_windows*h+1,) int64, local ids uint16, values); keep: (n, k) mask."""
 
-def sparse_search(offsets: NDArray[np.int64], local_ids: NDArray[np.uint16], values: NDArray[np.float16 | np.float32],
-                  n: int, h: int, window_bits: int, query_indices: ArrayLike, query_values: ArrayLike, top_k: int,
-                  num_threads: int = -1,
-                  allowed: NDArray[np.uint8 | np.bool_] | None = None) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-    """Exact top-k (ids, scores) (nq, top_k) of sparse queries over a windowed index; SegmentIndex.search per call."""
-
-def dense_rerank(indices: NDArray[np.uint8 | np.uint16 | np.uint32], values: NDArray[np.float16 | np.float32],
-                 projections: ArrayLike, candidates: ArrayLike, top_k: int,
-                 num_threads: int = -1) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-    """Top-k of candidates (nq, c; -1 = none) by sum_j values[i, j] * projections[q, indices[i, j]]."""
-
-def dense_scan(indices: NDArray[np.uint8 | np.uint16 | np.uint32], values: NDArray[np.float16 | np.float32],
-               projections: ArrayLike, top_k: int, num_threads: int = -1,
-               allowed: NDArray[np.uint8 | np.bool_] | None = None) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-    """Like dense_rerank over every item (or the items an (n,) uint8/bool mask allows)."""
-
 class SegmentIndex:
     """One index segment: windowed posting lists and forward codes, checked once, then queried.
 

@@ -1,19 +1,30 @@
-"""The `csae` command: train, encode, build, search, export, bench, demo."""
+"""The `csae` command: train, encode, build, search, export, bench, demo.
+
+Errors: a ValueError, FileNotFoundError or FileExistsError (bad input, missing or existing files) is printed as
+``csae <command>: error: ...`` with exit status 2; anything else is a bug and raises.
+"""
 import argparse
+import dataclasses
 import os
 import sys
 import time
+import types
+import typing
 
 import numpy as np
 
+__all__ = ["main", "build_parser", "add_config_options", "REPORTED_ERRORS"]
+
+# the errors printed as `csae <command>: error: ...` (exit 2); anything else raises
+REPORTED_ERRORS = (ValueError, FileNotFoundError, FileExistsError)
+
 
 def _train(a) -> None:
-    from .train import train
+    from .training import TrainConfig, train
     pairs = _load_pairs(a.pairs) if a.pairs else None
+    config = TrainConfig(**{f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig)})
     t = time.perf_counter()
-    model = train(a.items, h=a.h, k=a.k, variant=a.variant, steps=a.steps, batch_size=a.batch_size, lr=a.lr,
-                  seed=a.seed, device=a.device, init=a.init, tied=False if a.untied else None, aux_k=a.aux_k,
-                  pairs=pairs, pairs_weight=a.pairs_weight, tau=a.tau)
+    model = train(a.items, pairs=pairs, config=config)
     model.save(a.output)
     last = model.history[-1]
     print(f"trained {model} in {time.perf_counter() - t:.0f} s: loss {last['loss']:.4f}, "
@@ -38,7 +49,7 @@ def _load_pairs(path):
 
 
 def _encode(a) -> None:
-    from .model import load_model
+    from .models import load_model
     model = load_model(a.model, device=a.device or "cpu")
     codes = model.encode(a.items, k=a.k, value_dtype=a.values, progress=True)
     codes.save(a.output)
@@ -47,7 +58,7 @@ def _encode(a) -> None:
 
 def _build(a) -> None:
     from .engine import Engine
-    from .model import load_model
+    from .models import load_model
     model = load_model(a.model, device=a.device or "cpu")
     ids = np.load(a.ids, allow_pickle=False) if a.ids else None
     t = time.perf_counter()
@@ -93,7 +104,7 @@ def _search_milvus(a) -> None:
 def _model_of(path, verify: bool = True):
     """The model of an index directory, or a model file itself."""
     from .engine import Engine
-    from .model import load_model
+    from .models import load_model
     if os.path.isdir(path):
         return Engine.load(path, verify=verify).model
     return load_model(path)
@@ -113,60 +124,83 @@ def _demo(a) -> None:
     run(a.data, steps=a.steps, h=a.h, k=a.k)
 
 
+def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> None:
+    """One flag per field of the dataclass config_cls: name ``batch_size`` -> ``--batch-size``, its type, default,
+    choices (metadata["choices"]) and help (metadata["help"]); a bool field becomes ``--name/--no-name``.
+
+    Parameters
+    ----------
+    parser : argparse.ArgumentParser
+        Gets the flags; each parses into an attribute named as the field.
+    config_cls : type
+        A dataclass whose fields all have defaults and a metadata["help"] (e.g. TrainConfig).
+    """
+    hints = typing.get_type_hints(config_cls)
+    for f in dataclasses.fields(config_cls):
+        kind = _flag_type(hints[f.name])
+        text = f.metadata["help"] + ("" if f.default is None else " (default: %(default)s)")
+        if kind is bool:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", action=argparse.BooleanOptionalAction,
+                                default=f.default, help=f.metadata["help"])
+        else:
+            parser.add_argument(f"--{f.name.replace('_', '-')}", type=kind, default=f.default, help=text,
+                                choices=f.metadata.get("choices"))
+
+
+def _flag_type(hint) -> type:
+    """bool, int or float for a field annotated with one of them (or it | None); str for anything else."""
+    options = [t for t in typing.get_args(hint) if t is not type(None)] if isinstance(hint, types.UnionType) else [hint]
+    return options[0] if options[0] in (bool, int, float) else str
+
+
+def _command(sub, name: str, summary: str, inputs: tuple, output: str, run) -> argparse.ArgumentParser:
+    """A subcommand taking the positional inputs ((name, help) pairs) and a required -o/--output."""
+    p = sub.add_parser(name, help=summary)
+    for arg, arg_help in inputs:
+        p.add_argument(arg, help=arg_help)
+    p.add_argument("-o", "--output", required=True, help=output)
+    p.set_defaults(run=run)
+    return p
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from .model import INITS, VARIANTS
-    from .train import DEFAULT_BATCH, DEFAULT_LR, DEFAULT_PAIRS_WEIGHT, DEFAULT_STEPS, DEFAULT_TAU
+    """The `csae` argument parser; `csae train`'s options come from TrainConfig.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+    """
+    from .training import TrainConfig
     p = argparse.ArgumentParser(prog="csae", description="Compress embeddings into k-sparse codes and search them.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    t = sub.add_parser("train", help="train a CompresSAE or CSR model on an (n, d) .npy of embeddings")
-    t.add_argument("items", help="(n, d) float16/float32 .npy, read memory-mapped")
-    t.add_argument("-o", "--output", required=True, help="model file to write (safetensors)")
-    t.add_argument("--h", type=int, default=4096, help="latent dims (default 4096)")
-    t.add_argument("--k", type=int, default=32, help="non-zeros per code (default 32)")
-    t.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"optimiser steps (default {DEFAULT_STEPS})")
-    t.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help=f"(default {DEFAULT_BATCH})")
-    t.add_argument("--lr", type=float, default=DEFAULT_LR, help=f"Adam learning rate (default {DEFAULT_LR})")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--variant", choices=VARIANTS, default="compressae",
-                   help="compressae: signed codes (default); csr: non-negative codes, pre-bias, tied decoder")
-    t.add_argument("--untied", action="store_true", help="csr: a free decoder instead of the encoder's transpose")
-    t.add_argument("--init", choices=INITS, default="transpose", help="encoder start (default: decoder transpose)")
-    t.add_argument("--aux-k", type=int, default=None,
-                   help="AuxK dead latents per item, 0 = off (default: max(2k, d/2) for csr, off for compressae)")
+    t = _command(sub, "train", "train a CompresSAE or CSR model on an (n, d) .npy of embeddings",
+                 (("items", "(n, d) float16/float32 .npy, read memory-mapped"),), "model file to write (safetensors)",
+                 _train)
     t.add_argument("--pairs", default=None, help=".npz of (m, d) arrays 'queries' and 'docs': adds the InfoNCE term")
-    t.add_argument("--pairs-weight", type=float, default=DEFAULT_PAIRS_WEIGHT,
-                   help=f"weight of the InfoNCE term (default {DEFAULT_PAIRS_WEIGHT})")
-    t.add_argument("--tau", type=float, default=DEFAULT_TAU, help=f"InfoNCE temperature (default {DEFAULT_TAU})")
-    t.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
-    t.set_defaults(run=_train)
+    add_config_options(t, TrainConfig)
 
-    e = sub.add_parser("encode", help="encode embeddings into sparse codes (.npz)")
-    e.add_argument("model", help="model file from `csae train`")
-    e.add_argument("items", help="(n, d) .npy of embeddings")
-    e.add_argument("-o", "--output", required=True, help="codes file to write (.npz)")
+    e = _command(sub, "encode", "encode embeddings into sparse codes (.npz)",
+                 (("model", "model file from `csae train`"), ("items", "(n, d) .npy of embeddings")),
+                 "codes file to write (.npz)", _encode)
     e.add_argument("--k", type=int, default=None, help="non-zeros per code (default: the model's k)")
     e.add_argument("--values", choices=["float16", "float32", "int8", "uint8"], default="float16",
                    help="value type (default float16); int8/uint8 (uint8: csr only) add a float16 scale per item")
     e.add_argument("--device", default=None)
-    e.set_defaults(run=_encode)
 
-    b = sub.add_parser("build", help="encode items and write a search index directory")
-    b.add_argument("model", help="model file from `csae train`")
-    b.add_argument("items", help="(n, d) .npy of embeddings")
-    b.add_argument("-o", "--output", required=True, help="index directory to write")
+    b = _command(sub, "build", "encode items and write a search index directory",
+                 (("model", "model file from `csae train`"), ("items", "(n, d) .npy of embeddings")),
+                 "index directory to write", _build)
     b.add_argument("--ids", default=None, help="(n,) int64 .npy of item ids (default 0..n-1)")
     b.add_argument("--prune", type=float, default=None, help="keep this share of each posting list (approximate)")
     b.add_argument("--shard-size", type=int, default=None,
                    help="items per shard, each encoded and written on its own (default 4,194,304)")
     b.add_argument("--threads", type=int, default=-1)
     b.add_argument("--device", default=None)
-    b.set_defaults(run=_build)
 
-    s = sub.add_parser("search", help="search an index with (nq, d) query embeddings")
-    s.add_argument("index", help="index directory from `csae build`")
-    s.add_argument("queries", help="(nq, d) .npy of query embeddings")
-    s.add_argument("-o", "--output", required=True, help="results .npz (ids, scores)")
+    s = _command(sub, "search", "search an index with (nq, d) query embeddings",
+                 (("index", "index directory from `csae build`"), ("queries", "(nq, d) .npy of query embeddings")),
+                 "results .npz (ids, scores)", _search)
     s.add_argument("--top-k", type=int, default=10)
     s.add_argument("--mode", choices=["sparse", "dense"], default="sparse")
     s.add_argument("--candidates", default=None, help="dense mode: sparse candidates per query, or 'all'")
@@ -177,7 +211,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="search this Milvus instead (a local .db or http://host:19530); INDEX (or a model file) "
                         "then only supplies the model")
     s.add_argument("--collection", default=None, help="the Milvus collection from `csae export milvus`")
-    s.set_defaults(run=_search)
 
     x = sub.add_parser("export", help="export an index's codes to another search system")
     xsub = x.add_subparsers(dest="target", required=True)
@@ -216,20 +249,32 @@ def _bench(argv) -> int:
     from benchmarks.compare import main as compare
     try:
         compare(list(argv), prog="csae bench")
-    except (ValueError, FileNotFoundError, ImportError) as e:
+    except REPORTED_ERRORS as e:
         print(f"csae bench: error: {e}", file=sys.stderr)
         return 2
     return 0
 
 
 def main(argv=None) -> int:
+    """Run `csae` with argv (default sys.argv[1:]).
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments after `csae`.
+
+    Returns
+    -------
+    int
+        The exit status: 0, or 2 for a reported error (REPORTED_ERRORS) or bad arguments.
+    """
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["bench"]:  # its options belong to benchmarks/compare.py
         return _bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, KeyError, TypeError, ImportError) as e:
+    except REPORTED_ERRORS as e:
         print(f"csae {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

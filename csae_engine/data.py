@@ -4,6 +4,8 @@ import os
 
 import numpy as np
 
+__all__ = ["FileMatrix", "as_matrix", "unit_rows", "unit_rows_at", "iter_batches"]
+
 
 class FileMatrix:
     """A read-only (n, d) matrix in a file, read row by row with pread.
@@ -110,6 +112,36 @@ def unit_rows(batch: np.ndarray, first_row: int = 0, name: str = "X") -> np.ndar
         raise ValueError(f"{name} row {row} is all zeros and has no direction")
     out /= norms[:, None]
     return out
+
+
+def unit_rows_at(X, rows: np.ndarray, name: str = "X") -> np.ndarray:
+    """float32 unit-norm copies of the rows ``rows`` of X, read in one go.
+
+    Parameters
+    ----------
+    X : np.ndarray or FileMatrix
+        (n, d) matrix, as from as_matrix.
+    rows : np.ndarray
+        Row numbers into X (sorted reads fastest from files).
+    name : str
+        What errors call X.
+
+    Returns
+    -------
+    np.ndarray
+        (len(rows), d) float32 with unit-norm rows.
+
+    Raises
+    ------
+    ValueError
+        A row holds NaN or Inf or is all zeros; the message gives its row number in X, not in ``rows``.
+    """
+    try:
+        return unit_rows(X[rows], 0, name)
+    except ValueError:  # name the row in X, not in the selection
+        for r in rows:
+            unit_rows(X[r:r + 1], int(r), name)
+        raise
 
 
 def iter_batches(X: np.ndarray, batch_size: int, name: str = "X"):

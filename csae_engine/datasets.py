@@ -48,7 +48,7 @@ def load(path) -> Dataset:
         return Dataset(path.stem, docs, queries=np.asarray(docs[np.sort(rows)]))
     items = next((path / f for f in ITEM_FILES if (path / f).exists()), None)
     if items is None:
-        raise FileNotFoundError(f"{path} holds neither items.npy nor docs.npy")
+        raise FileNotFoundError(f"{path} holds no docs.npy: neither items.npy nor docs.npy is there")
     opt = lambda name: np.load(path / name, allow_pickle=False) if (path / name).exists() else None
     text = lambda name: (path / name).read_text(encoding="utf-8").splitlines() if (path / name).exists() else None
     return Dataset(path.name, np.load(items, mmap_mode="r", allow_pickle=False), opt("queries.npy"),

@@ -6,7 +6,7 @@ import numpy as np
 from . import datasets
 from .engine import Engine
 from .metrics import exact_topk, recall, task_recall
-from .train import train
+from .training import train
 
 DEMO_STEPS = 1000  # keeps the whole demo under 10 minutes on 2 CPU cores; `csae train` defaults to 5,000
 

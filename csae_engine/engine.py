@@ -18,9 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from .codes import SparseCodes
-from .data import unit_rows
 from .index.build import WINDOW_BITS, forward_codes, make_segment, merge_segments
-from .index.query import QueryEncoder
+from .index.query import QueryEncoder, query_rows
 from .index.search import SearchParams, allowed_masks, search_segments
 from .index.segment import Segment, as_id_array, check_ids
 from .index.storage import CONFIG_KEYS, IndexWriter, load_segments, read_manifest
@@ -252,7 +251,7 @@ class Engine:
         segments = self._require_built()  # one snapshot for the whole search
         params = SearchParams(top_k, mode, candidates, query_terms)
         params.check(sum(seg.n_live for seg in segments), self.config["k"])
-        Q = unit_rows(self.model.check_input(Q, "Q")[:], 0, "Q")
+        Q = query_rows(self.model, Q)
         masks = allowed_masks(segments, allow_ids)
         threads = self.num_threads if num_threads is None else num_threads
         return search_segments(segments, masks, Q, params, self.queries, threads)

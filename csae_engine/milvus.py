@@ -14,6 +14,10 @@ import os
 
 import numpy as np
 
+from .index.query import query_codes, query_rows
+from .models import model_hash
+from .utils import positive_int, progress_bar
+
 ID_FIELD = "id"
 CODE_FIELD = "code"
 INDEX_TYPE = "SPARSE_INVERTED_INDEX"
@@ -55,29 +59,18 @@ def _connect(uri, **kwargs):
         raise ImportError(f"a local Milvus file ({uri!r}) needs milvus-lite: pip install milvus-lite") from e
 
 
-class _Calls:
-    """Turns pymilvus's exceptions into MilvusError naming what was being done."""
-
-    def __init__(self, what: str):
-        self.what = what
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, kind, exc, tb):
-        if exc is not None and isinstance(exc, _pymilvus().exceptions.MilvusException):
-            raise MilvusError(f"Milvus failed to {self.what}: {exc.message}") from exc
-        return False
+@contextlib.contextmanager
+def _milvus_errors(what: str):
+    """Turns pymilvus's exceptions raised inside into a MilvusError naming what was being done."""
+    try:
+        yield
+    except _pymilvus().exceptions.MilvusException as e:
+        raise MilvusError(f"Milvus failed to {what}: {e.message}") from e
 
 
 def _check_unsigned(model) -> None:
     if model.signed:
         raise ValueError(SIGNED_MESSAGE)
-
-
-def _model_sha256(model) -> str:
-    from .engine import _model_hash
-    return _model_hash(model)
 
 
 def export_milvus(engine_or_index_path, uri, collection: str, *, batch_size: int = 5000,
@@ -97,21 +90,20 @@ def export_milvus(engine_or_index_path, uri, collection: str, *, batch_size: int
         engine = engine_or_index_path
     else:
         engine = Engine.load(engine_or_index_path, verify=verify)
-    if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    positive_int(batch_size, "batch_size")
     _check_unsigned(engine.model)
     n, h = len(engine), engine.config["h"]
     if n == 0:
         raise ValueError("the engine is empty: nothing to export")
     client = _connect(uri, **client_kwargs)
     try:
-        with _Calls(f"check for collection {collection!r}"):
+        with _milvus_errors(f"check for collection {collection!r}"):
             exists = client.has_collection(collection)
         if exists and not overwrite:
             raise FileExistsError(f"Milvus collection {collection!r} already exists at {os.fspath(uri)!r}; "
                                   "pass overwrite=True (--overwrite) to replace it")
         staging = collection + _PARTIAL
-        with _Calls(f"create collection {staging!r}"):
+        with _milvus_errors(f"create collection {staging!r}"):
             if client.has_collection(staging):  # left by an export that died
                 client.drop_collection(staging)
             pymilvus = _pymilvus()
@@ -122,13 +114,13 @@ def export_milvus(engine_or_index_path, uri, collection: str, *, batch_size: int
             index = client.prepare_index_params()
             index.add_index(field_name=CODE_FIELD, index_type=INDEX_TYPE, metric_type=METRIC)
             client.create_collection(staging, schema=schema, index_params=index,
-                                     properties={PROP_MODEL: _model_sha256(engine.model), PROP_H: str(h),
+                                     properties={PROP_MODEL: model_hash(engine.model), PROP_H: str(h),
                                                  PROP_K: str(engine.config["k"])})
         try:
             written = _insert(client, staging, engine, n, batch_size, progress)
-            with _Calls(f"flush collection {staging!r}"):
+            with _milvus_errors(f"flush collection {staging!r}"):
                 client.flush(staging)
-            with _Calls(f"replace collection {collection!r}"):
+            with _milvus_errors(f"replace collection {collection!r}"):
                 if exists:
                     client.drop_collection(collection)
                 client.rename_collection(staging, collection)
@@ -136,7 +128,7 @@ def export_milvus(engine_or_index_path, uri, collection: str, *, batch_size: int
             with contextlib.suppress(_pymilvus().exceptions.MilvusException):  # keep the first error
                 client.drop_collection(staging)
             raise
-        with _Calls(f"load collection {collection!r}"):
+        with _milvus_errors(f"load collection {collection!r}"):
             client.load_collection(collection)
         return written
     finally:
@@ -144,9 +136,8 @@ def export_milvus(engine_or_index_path, uri, collection: str, *, batch_size: int
 
 
 def _insert(client, collection: str, engine, n: int, batch_size: int, progress) -> int:
-    from tqdm.auto import tqdm
     written = 0
-    with tqdm(total=n, desc="export milvus", unit="item", disable=(n < 200_000) if progress is None else not progress) as bar:
+    with progress_bar(total=n, desc="export milvus", unit="item", progress=progress) as bar:
         for ids, block in engine.iter_codes(batch_size):
             block = block.copy()
             block.eliminate_zeros()  # a CSR code may hold ReLU zeros; they score nothing
@@ -155,7 +146,7 @@ def _insert(client, collection: str, engine, n: int, batch_size: int, progress) 
             ptr, cols, vals = block.indptr, block.indices.tolist(), block.data.tolist()
             rows = [{ID_FIELD: i, CODE_FIELD: dict(zip(cols[ptr[r]:ptr[r + 1]], vals[ptr[r]:ptr[r + 1]]))}
                     for r, i in enumerate(np.asarray(ids, np.int64).tolist())]
-            with _Calls(f"insert into {collection!r}"):
+            with _milvus_errors(f"insert into {collection!r}"):
                 client.insert(collection, rows)
             written += len(rows)
             bar.update(len(rows))
@@ -169,39 +160,38 @@ def search_milvus(uri, collection: str, model, Q, top_k: int = 10, *, batch_size
     """The top_k items for each query row of Q from a collection written by export_milvus, like
     ``Engine.search(Q, top_k, mode="sparse")``: returns (ids (nq, top_k) int64, scores (nq, top_k) float32).
 
-    model: the model that encoded the collection's codes (a CompresSAE, or an Engine whose model it is); a
+    model: the model that encoded the collection's codes (a TopKSAE, or an Engine whose model it is); a
     different model is refused. Milvus returns only items that share a latent with the query (score > 0): where
-    fewer than top_k do, the row ends with id -1 and score 0 (our engine fills those places with score-0 items).
+    fewer than top_k do, the row ends with id -1 and score -inf, as the engine pads (the engine itself fills those
+    places with score-0 items).
     """
-    from .data import unit_rows
-    from .engine import Engine, query_codes
+    from .engine import Engine
     if isinstance(model, Engine):
         model = model.model
     if not isinstance(top_k, (int, np.integer)) or not 0 < top_k <= MAX_TOP_K:
         raise ValueError(f"top_k must be an int in 1..{MAX_TOP_K} (Milvus's limit), got {top_k!r}")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size <= 0:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    positive_int(batch_size, "batch_size")
     _check_unsigned(model)
-    q_idx, q_val = query_codes(model, unit_rows(model._check_input(Q, "Q")[:], 0, "Q"), model.k)
+    q_idx, q_val = query_codes(model, query_rows(model, Q), model.k)
     client = _connect(uri, **client_kwargs)
     try:
-        with _Calls(f"open collection {collection!r}"):
+        with _milvus_errors(f"open collection {collection!r}"):
             if not client.has_collection(collection):
                 raise MilvusError(f"no collection {collection!r} at {os.fspath(uri)!r}")
             props = client.describe_collection(collection).get("properties") or {}
         _check_model(props, model, collection)
-        with _Calls(f"load collection {collection!r}"):
+        with _milvus_errors(f"load collection {collection!r}"):
             state = client.get_load_state(collection)["state"]
             if getattr(state, "name", str(state)) != "Loaded":  # milvus-lite loads per process
                 client.load_collection(collection)
         nq = len(q_idx)
         ids = np.full((nq, top_k), -1, np.int64)
-        scores = np.zeros((nq, top_k), np.float32)
+        scores = np.full((nq, top_k), -np.inf, np.float32)
         live = np.flatnonzero((q_val > 0).any(axis=1))  # an all-zero query matches nothing, and Milvus refuses it
         for s in range(0, len(live), batch_size):
             rows = live[s:s + batch_size]
             data = [{int(i): float(v) for i, v in zip(q_idx[r], q_val[r]) if v > 0} for r in rows]
-            with _Calls(f"search collection {collection!r}"):
+            with _milvus_errors(f"search collection {collection!r}"):
                 result = client.search(collection, data=data, anns_field=CODE_FIELD, limit=int(top_k),
                                        search_params={"metric_type": METRIC, "params": {"drop_ratio_search": 0.0}},
                                        output_fields=[ID_FIELD])
@@ -218,6 +208,6 @@ def _check_model(props: dict, model, collection: str) -> None:
     if PROP_H in props and int(props[PROP_H]) != model.h:
         raise ValueError(f"collection {collection!r} holds codes with h={props[PROP_H]}, the model has h={model.h}: "
                          "search with the model the index was built with")
-    if PROP_MODEL in props and props[PROP_MODEL] != _model_sha256(model):
+    if PROP_MODEL in props and props[PROP_MODEL] != model_hash(model):
         raise ValueError(f"collection {collection!r} was exported from a different model than the one given "
                          "(model checksum mismatch): search with the model the index was built with")

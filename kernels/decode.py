@@ -5,36 +5,45 @@ Backward: the same tiling; per slot, dv[b, j] = <grad_out[b], W_dec[i]> over the
 over d-slices when there are several) and grad_out[b] * v scatter-added into row i of dW_dec, so only the rows
 that were selected are touched.
 """
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
+
+from .utils import FP_FUSION, on_device
+
+__all__ = ["sparse_decode_forward", "sparse_decode_backward", "SparseDecode", "sparse_decode"]
 
 # Tiles: a program holds a BLOCK_B x BLOCK_D fp32 accumulator. On CUDA one d-slice covers d <= 1024 (no dv atomics
 # at the common d = 384 / 768); the interpreter uses small tiles so its numpy arrays stay small.
 _CUDA_BLOCK_B = 16
 _CUDA_MAX_BLOCK_D = 1024
 _CPU_BLOCK_B, _CPU_BLOCK_D = 16, 32
-# Fused multiply-add on; passed at launch because triton 3.9 warns when the option is left to its default.
-FP_FUSION = True
+
+
+@triton.jit
+def _tile(B, D, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
+    """This program's rows and d-slice of the (B, D) output (int64), and which of them are in range."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
+    ds = tl.program_id(1).to(tl.int64) * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
+    return rows, ds, rows < B, ds < D
+
+
+@triton.jit
+def _slot_latents(idx_ptr, rows, row_ok, j, stride_ib, stride_ij, H):
+    """The latent (int64) in code slot j of each row, and which rows hold one in range (asserted on the device)."""
+    i = tl.load(idx_ptr + rows * stride_ib + j * stride_ij, mask=row_ok, other=0).to(tl.int64)
+    tl.device_assert((i >= 0) & (i < H), "latent index out of range")
+    return i, row_ok & (i >= 0) & (i < H)
 
 
 @triton.jit
 def _sparse_decode_forward_kernel(idx_ptr, val_ptr, w_ptr, out_ptr, B, D, H, K,
                                   stride_ib, stride_ij, stride_vb, stride_vj, stride_wh, stride_wd,
                                   BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_b = tl.program_id(0).to(tl.int64)
-    pid_d = tl.program_id(1).to(tl.int64)
-    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
-    ds = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
-    row_ok = rows < B
-    d_ok = ds < D
+    rows, ds, row_ok, d_ok = _tile(B, D, BLOCK_B, BLOCK_D)
     acc = tl.zeros((BLOCK_B, BLOCK_D), tl.float32)
     for j in range(K):
-        i = tl.load(idx_ptr + rows * stride_ib + j * stride_ij, mask=row_ok, other=0).to(tl.int64)
-        tl.device_assert((i >= 0) & (i < H), "latent index out of range")
-        ok = row_ok & (i >= 0) & (i < H)
+        i, ok = _slot_latents(idx_ptr, rows, row_ok, j, stride_ib, stride_ij, H)
         v = tl.load(val_ptr + rows * stride_vb + j * stride_vj, mask=ok, other=0.0).to(tl.float32)
         w = tl.load(w_ptr + i[:, None] * stride_wh + ds[None, :] * stride_wd, mask=ok[:, None] & d_ok[None, :],
                     other=0.0).to(tl.float32)
@@ -49,18 +58,11 @@ def _sparse_decode_backward_kernel(idx_ptr, val_ptr, w_ptr, go_ptr, dv_ptr, dw_p
                                    stride_gb, stride_gd,
                                    BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, NEED_DV: tl.constexpr,
                                    NEED_DW: tl.constexpr, ONE_SLICE: tl.constexpr):
-    pid_b = tl.program_id(0).to(tl.int64)
-    pid_d = tl.program_id(1).to(tl.int64)
-    rows = pid_b * BLOCK_B + tl.arange(0, BLOCK_B).to(tl.int64)
-    ds = pid_d * BLOCK_D + tl.arange(0, BLOCK_D).to(tl.int64)
-    row_ok = rows < B
-    d_ok = ds < D
+    rows, ds, row_ok, d_ok = _tile(B, D, BLOCK_B, BLOCK_D)
     go = tl.load(go_ptr + rows[:, None] * stride_gb + ds[None, :] * stride_gd,
                  mask=row_ok[:, None] & d_ok[None, :], other=0.0).to(tl.float32)
     for j in range(K):
-        i = tl.load(idx_ptr + rows * stride_ib + j * stride_ij, mask=row_ok, other=0).to(tl.int64)
-        tl.device_assert((i >= 0) & (i < H), "latent index out of range")
-        ok = row_ok & (i >= 0) & (i < H)
+        i, ok = _slot_latents(idx_ptr, rows, row_ok, j, stride_ib, stride_ij, H)
         tile = ok[:, None] & d_ok[None, :]
         if NEED_DV:
             w = tl.load(w_ptr + i[:, None] * stride_wh + ds[None, :] * stride_wd, mask=tile, other=0.0)
@@ -72,11 +74,6 @@ def _sparse_decode_backward_kernel(idx_ptr, val_ptr, w_ptr, go_ptr, dv_ptr, dw_p
         if NEED_DW:
             v = tl.load(val_ptr + rows * stride_vb + j * stride_vj, mask=ok, other=0.0).to(tl.float32)
             tl.atomic_add(dw_ptr + i[:, None] * D + ds[None, :], v[:, None] * go, mask=tile, sem="relaxed")
-
-
-def _on_device(t):
-    """Triton launches on the current CUDA device: make it t's."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
 
 
 def _tiles(D: int, cuda: bool):
@@ -111,7 +108,7 @@ def sparse_decode_forward(indices, values, W_dec):
         return out.zero_()
     BLOCK_B, BLOCK_D = _tiles(D, W_dec.is_cuda)
     grid = (triton.cdiv(B, BLOCK_B), triton.cdiv(D, BLOCK_D))
-    with _on_device(W_dec):
+    with on_device(W_dec):
         _sparse_decode_forward_kernel[grid](
             indices, values, W_dec, out, B, D, H, K, indices.stride(0), indices.stride(1), values.stride(0),
             values.stride(1), W_dec.stride(0), W_dec.stride(1), BLOCK_B=BLOCK_B, BLOCK_D=BLOCK_D,
@@ -137,7 +134,7 @@ def sparse_decode_backward(indices, values, W_dec, grad_out, need_values: bool =
     dW = torch.zeros(H, D, dtype=torch.float32, device=W_dec.device) if need_W else None
     if B and K and D and (need_values or need_W):
         dummy = dv if dv is not None else dW
-        with _on_device(W_dec):
+        with on_device(W_dec):
             _sparse_decode_backward_kernel[(triton.cdiv(B, BLOCK_B), n_slices)](
                 indices, values, W_dec, grad_out, dummy if dv is None else dv, dummy if dW is None else dW,
                 B, D, H, K, indices.stride(0), indices.stride(1), values.stride(0), values.stride(1), W_dec.stride(0),
@@ -166,5 +163,12 @@ class SparseDecode(torch.autograd.Function):
         return None, (dv.to(values.dtype) if need_v else None), (dW.to(W_dec.dtype) if need_w else None)
 
 
-def sparse_decode(indices, values, W_dec):
+def sparse_decode(indices: torch.Tensor, values: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:
+    """The Triton sparse decode with gradients for values and W_dec: see csae_engine.kernels.sparse_decode.
+
+    Raises
+    ------
+    ValueError
+        Shapes that do not match, or tensors on different devices.
+    """
     return SparseDecode.apply(indices, values, W_dec)

@@ -15,13 +15,14 @@ Backward: with G the (B, h) gradient of z, non-zero only at the k selected entri
 dW_enc = x^T G and db_enc = column sums of G. G is never built: each (row, slot) pair atomically adds
 g * x[row] into row `index` of an fp32 (h, d) buffer, i.e. dW_enc^T, whose rows are contiguous in d.
 """
-import contextlib
-
 import torch
 import triton
 import triton.language as tl
 
 from . import reference
+from .utils import FP_FUSION, on_device
+
+__all__ = ["MAX_FUSED_K", "topk_encode_forward", "topk_encode_backward", "TopKEncode", "topk_encode"]
 
 # The running top-k lives in registers: BLOCK_B x KP int64 keys. Past this KP (k > 256) it would spill, so larger k
 # fall back to torch's matmul + topk over row chunks of _FALLBACK_ROWS (the backward stays the sparse kernel).
@@ -29,8 +30,6 @@ MAX_FUSED_K = 256
 _FALLBACK_ROWS = 4096
 # Column tile width; raised to KP when k needs more (a tile yields at most its width of candidates).
 _BLOCK_H = 128
-# Fused multiply-add on; passed at launch because triton 3.9 warns when the option is left to its default.
-FP_FUSION = True
 
 
 # Bitonic networks on a row block x (R, N) (powers of two), reshaped to a (2, 2, ..., 2) cube so that bit i of the
@@ -172,11 +171,6 @@ def _topk_encode_backward_kernel(x_ptr, idx_ptr, g_ptr, dwt_ptr, db_ptr, B, D, H
                 tl.atomic_add(db_ptr + i, g, mask=ok, sem="relaxed")
 
 
-def _on_device(t):
-    """Triton launches on the current CUDA device: make it t's."""
-    return torch.cuda.device(t.device) if t.is_cuda else contextlib.nullcontext()
-
-
 def _kp(k: int) -> int:
     return max(triton.next_power_of_2(k), 2)
 
@@ -226,7 +220,7 @@ def topk_encode_forward(x, W_enc, b_enc, k: int):
     if not x.is_cuda:  # the interpreter: smaller tiles keep the numpy arrays small
         BLOCK_B, BLOCK_H, BLOCK_D = 16, max(32, KP), 16
     grid = (triton.cdiv(B, BLOCK_B),)
-    with _on_device(x):
+    with on_device(x):
         _topk_encode_forward_kernel[grid](
             x, W_enc, b_enc, indices, values, B, D, H, k,
             x.stride(0), x.stride(1), W_enc.stride(0), W_enc.stride(1),
@@ -253,7 +247,7 @@ def topk_encode_backward(x, indices, grad_values, h: int, need_w: bool = True, n
         BLOCK_B, BLOCK_D = (32, 128) if x.is_cuda else (16, 32)
         grid = (triton.cdiv(B, BLOCK_B), triton.cdiv(D, BLOCK_D) if need_w else 1)
         dummy = dwt if dwt is not None else db
-        with _on_device(x):
+        with on_device(x):
             _topk_encode_backward_kernel[grid](
                 x, indices, grad_values, dwt if need_w else dummy, db if need_b else dummy, B, D, h, K,
                 x.stride(0), x.stride(1), indices.stride(0), indices.stride(1), grad_values.stride(0),
@@ -296,6 +290,13 @@ class TopKEncode(torch.autograd.Function):
         return None, dW, db, None
 
 
-def topk_encode(x, W_enc, b_enc, k: int):
+def topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Triton TopK encode with gradients for W_enc and b_enc: see csae_engine.kernels.topk_encode.
+
+    Raises
+    ------
+    ValueError
+        k outside 1..h, or shapes that do not chain.
+    """
     reference.check_k(k, W_enc.shape[1])
     return TopKEncode.apply(x, W_enc, b_enc, k)

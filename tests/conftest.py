@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from csae_engine import datasets
+from csae_engine.models import CSRAutoencoder
 
 WORDNET = datasets.shared_dataset()
 
@@ -38,8 +39,24 @@ def unit(rng, n, d, dtype=np.float32):
     return (X / np.linalg.norm(X, axis=1, keepdims=True)).astype(dtype)
 
 
-def pytest_collection_modifyitems(config, items):
-    skip_gpu = pytest.mark.skip(reason="needs CUDA")
-    for item in items:
-        if "gpu" in item.keywords and not torch.cuda.is_available():
-            item.add_marker(skip_gpu)
+def csr_model(d=10, h=40, k=3, tied=True, seed=1):
+    """A CSR model with non-zero biases, so that the bias terms are exercised."""
+    model = CSRAutoencoder(d, h, k, seed=seed, tied=tied)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model.b_enc.copy_(torch.randn(h, generator=g) * 0.1)
+        model.b_pre.copy_(torch.randn(d, generator=g) * 0.3)
+    return model
+
+
+def manual_z(model, x):
+    """Pre-activations in float64: (x - b_pre) @ W_enc + b_enc, b_pre zero for CompresSAE."""
+    b_pre = model.decoder_bias.detach().double() if model.decoder_bias is not None else 0
+    return (x.double() - b_pre) @ model.W_enc.detach().double() + model.b_enc.detach().double()
+
+
+def manual_code(z, k, nonneg):
+    """Dense (B, h) code: the k largest z then ReLU (nonneg), or the k largest |z| signed."""
+    keep = (z if nonneg else z.abs()).argsort(dim=1, descending=True)[:, :k]
+    vals = z.gather(1, keep)
+    return torch.zeros_like(z).scatter_(1, keep, vals.clamp_min(0) if nonneg else vals)

@@ -1,7 +1,14 @@
+import dataclasses
+import typing
+
 import numpy as np
+import pytest
 
 import csae_engine as ce
-from csae_engine.cli import main
+import csae_engine.models
+from csae_engine.cli import build_parser, main
+from csae_engine.models import CSRAutoencoder
+from csae_engine.training import TrainConfig
 from conftest import unit
 
 
@@ -47,3 +54,66 @@ def test_build_then_search_from_the_shell(tmp_path, capsys):
     assert main(["search", str(tmp_path / "index"), str(tmp_path / "queries.npy"), "--top-k", "401",
                  "-o", str(tmp_path / "r.npz")]) == 2
     assert "exceeds the 400 indexed items" in capsys.readouterr().err
+
+
+def test_cli_trains_csr_with_pairs_and_encodes_uint8(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X = unit(rng, 300, 12, np.float16)
+    np.save(tmp_path / "items.npy", X)
+    np.savez(tmp_path / "pairs.npz", queries=unit(rng, 40, 12), docs=unit(rng, 40, 12))
+    assert main(["train", str(tmp_path / "items.npy"), "-o", str(tmp_path / "m.csae"), "--variant", "csr",
+                 "--h", "64", "--k", "4", "--steps", "10", "--batch-size", "64", "--pairs", str(tmp_path / "pairs.npz"),
+                 "--tau", "0.5"]) == 0
+    model = ce.load_model(tmp_path / "m.csae")
+    assert isinstance(model, CSRAutoencoder) and model.tied
+    assert main(["encode", str(tmp_path / "m.csae"), str(tmp_path / "items.npy"), "-o", str(tmp_path / "c.npz"),
+                 "--values", "uint8"]) == 0
+    codes = ce.load_codes(tmp_path / "c.npz")
+    assert codes.values.dtype == np.uint8 and codes.is_nonnegative
+    assert "10 bytes/item" in capsys.readouterr().out  # 4 x (uint8 index + uint8 value) + float16 scale
+
+
+def test_cli_reports_bad_pairs_files(tmp_path, capsys):
+    np.save(tmp_path / "items.npy", unit(np.random.default_rng(0), 50, 8))
+    np.savez(tmp_path / "wrong.npz", q=np.ones((3, 8)))
+    args = ["train", str(tmp_path / "items.npy"), "-o", str(tmp_path / "m.csae"), "--steps", "1", "--pairs"]
+    assert main(args + [str(tmp_path / "wrong.npz")]) == 2
+    assert "lacks arrays ['docs', 'queries']" in capsys.readouterr().err
+    assert main(args + [str(tmp_path / "missing.npz")]) == 2
+    assert "no such pairs file" in capsys.readouterr().err
+    assert main(args + [str(tmp_path / "items.npy")]) == 2
+    assert "holds one array" in capsys.readouterr().err
+
+
+def test_every_train_config_field_is_a_train_flag_with_its_default():
+    parser = build_parser()
+    base = ["train", "items.npy", "-o", "m.csae"]
+    defaults = parser.parse_args(base)
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        assert getattr(defaults, f.name) == f.default, f.name
+        flag = "--" + f.name.replace("_", "-")
+        if bool in typing.get_args(hints[f.name]):
+            assert getattr(parser.parse_args(base + [flag]), f.name) is True
+            assert getattr(parser.parse_args(base + [flag.replace("--", "--no-")]), f.name) is False
+            continue
+        value = f.metadata["choices"][-1] if "choices" in f.metadata else "7"
+        parsed = getattr(parser.parse_args(base + [flag, value]), f.name)
+        assert str(parsed) == value or parsed == 7, (f.name, parsed)
+
+
+def test_bad_input_is_reported_and_bugs_raise(tmp_path, capsys, monkeypatch):
+    np.save(tmp_path / "items.npy", unit(np.random.default_rng(0), 20, 8))
+    train = ["train", str(tmp_path / "items.npy"), "-o", str(tmp_path / "m.csae")]
+    assert main(train + ["--steps", "0"]) == 2
+    assert "csae train: error: steps must be a positive int, got 0" in capsys.readouterr().err
+    encode = ["encode", str(tmp_path / "m.csae"), str(tmp_path / "items.npy"), "-o", str(tmp_path / "c.npz")]
+    for error, reported in ((FileExistsError, True), (TypeError, False), (KeyError, False)):
+        def load_model(*args, **kwargs):
+            raise error("boom")
+        monkeypatch.setattr(csae_engine.models, "load_model", load_model)
+        if reported:
+            assert main(encode) == 2 and "csae encode: error: boom" in capsys.readouterr().err
+        else:
+            with pytest.raises(error, match="boom"):
+                main(encode)

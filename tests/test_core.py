@@ -91,16 +91,13 @@ def test_search_equals_scipy(seg, top_k):
     assert_topk(ids, scores, query_matrix(q_idx, q_val, a["h"]) @ D.T, top_k)
 
 
-def test_search_is_the_free_function(seg):
+def test_one_query_split_over_threads_equals_one_thread(seg):
     a, s, _ = seg
     q_idx, q_val = queries(np.random.default_rng(1), a["h"], nq=1)  # one query over 4 threads: split windows
     allowed = np.random.default_rng(2).random(a["n"]) < 0.5
-    for threads in (1, 4):
-        got = s.search(q_idx, q_val, 7, threads, allowed)
-        want = _core.sparse_search(a["offsets"], a["local_ids"], a["post_values"], a["n"], a["h"], a["window_bits"],
-                                   q_idx, q_val, 7, threads, allowed)
-        np.testing.assert_array_equal(got[0], want[0])
-        np.testing.assert_array_equal(got[1], want[1])
+    one, four = s.search(q_idx, q_val, 7, 1, allowed), s.search(q_idx, q_val, 7, 4, allowed)
+    np.testing.assert_array_equal(one[0], four[0])
+    np.testing.assert_array_equal(one[1], four[1])
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, bool])
@@ -138,10 +135,56 @@ def test_rerank_and_scan_equal_numpy(seg):
     assert all(set(row) <= set(c) for row, c in zip(ids, cand))
     assert_topk(ids, scores, np.where(mask, full, -np.inf), 12)
 
-    for got, want in [(s.rerank(P, cand, 12), _core.dense_rerank(a["fwd_indices"], a["fwd_values"], P, cand, 12)),
-                      (s.scan(P, 15, 1, allowed), _core.dense_scan(a["fwd_indices"], a["fwd_values"], P, 15, 1, allowed))]:
-        np.testing.assert_array_equal(got[0], want[0])
-        np.testing.assert_array_equal(got[1], want[1])
+
+
+def index_of(idx, val, h, window_bits):
+    """A SegmentIndex whose posting lists and forward codes are the codes (idx, val)."""
+    off, lid, pv = _core.build_windowed(idx, val, None, h, window_bits)
+    return _core.SegmentIndex(off, lid, pv, idx, val, len(idx), h, window_bits)
+
+
+def test_negative_overlaps_rank_below_unrelated_items():
+    # item 0 shares latent 1 with the query, with opposite sign; items 1..3 share nothing (score 0)
+    idx = np.array([[1, 2], [3, 4], [5, 6], [7, 8]], np.uint16)
+    val = np.array([[-1, 0], [1, 0], [1, 0], [1, 0]], np.float32) + np.float32(1e-3)
+    ids, scores = index_of(idx, val, 10, 16).search(np.array([[1]]), np.array([[1.0]], np.float32), 4)
+    assert ids[0].tolist() == [1, 2, 3, 0]
+    assert scores[0, -1] < 0 and (scores[0, :3] == 0).all()
+
+
+def test_many_windows_and_split_queries_agree():
+    rng = np.random.default_rng(1)
+    n, k, h = 140_000, 4, 64  # three windows of 65,536
+    idx = np.sort(rng.choice(h, (n, k)), 1).astype(np.uint16)
+    val = rng.standard_normal((n, k)).astype(np.float32)
+    index = index_of(idx, val, h, 16)
+    q_idx = rng.choice(h, (2, 3)).astype(np.int64)
+    q_val = rng.standard_normal((2, 3)).astype(np.float32)
+    serial = index.search(q_idx, q_val, 15, 1)
+    split = index.search(q_idx, q_val, 15, 8)
+    np.testing.assert_array_equal(serial[0], split[0])
+    D = sp.csr_matrix((val.reshape(-1), idx.reshape(-1).astype(np.int64), np.arange(0, n * k + 1, k)), shape=(n, h))
+    Qm = sp.csr_matrix((q_val.reshape(-1), q_idx.reshape(-1), [0, 3, 6]), shape=(2, h))
+    assert_topk(serial[0], serial[1], (Qm @ D.T).toarray(), 15)
+    assert serial[0].max() > 2 * 65536, "results must come from the last window too"
+
+
+@pytest.mark.parametrize("window_bits", [1, 3, 7])
+def test_small_windows_equal_scipy(window_bits):
+    # many windows, lists that skip some of them, and a latent no item uses
+    rng = np.random.default_rng(window_bits)
+    n, k, h = 1000, 3, 40
+    idx = np.sort(rng.choice(h - 1, (n, k)), 1).astype(np.uint16)
+    val = rng.standard_normal((n, k)).astype(np.float16)
+    off, lid, pv = _core.build_windowed(idx, val, None, h, window_bits)
+    assert len(off) == ((n + (1 << window_bits) - 1) >> window_bits) * h + 1 and (np.diff(off) >= 0).all()
+    q_idx = np.concatenate([rng.choice(h - 1, (5, 4)), np.full((5, 1), h - 1)], 1)
+    q_val = rng.standard_normal((5, 5)).astype(np.float32)
+    ids, scores = index_of(idx, val, h, window_bits).search(q_idx, q_val, 12, 1)
+    D = sp.csr_matrix((val.astype(np.float32).reshape(-1), idx.reshape(-1).astype(np.int64),
+                       np.arange(0, n * k + 1, k)), shape=(n, h))
+    Qm = sp.csr_matrix((q_val.reshape(-1), q_idx.reshape(-1), np.arange(0, 26, 5)), shape=(5, h))
+    assert_topk(ids, scores, (Qm @ D.T).toarray(), 12)
 
 
 def test_window_postings_reassemble_the_codes(seg):

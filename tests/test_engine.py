@@ -6,7 +6,6 @@ import scipy.sparse as sp
 import torch
 
 import csae_engine as ce
-from csae_engine import _core
 from conftest import unit
 
 
@@ -59,51 +58,6 @@ def test_sparse_mode_equals_scipy_on_real_codes(trained, wordnet):
     codes, qc = model.encode(X), model.encode(Q, value_dtype=np.float32)
     ref = (normalised_csr(qc.indices, qc.values, model.h) @ normalised_csr(codes.indices, codes.values, model.h).T).toarray()
     assert_same_topk(ids, scores, ref, 10, atol=2e-3)
-
-
-def test_negative_overlaps_rank_below_unrelated_items():
-    # item 0 shares latent 1 with the query, with opposite sign; items 1..3 share nothing (score 0)
-    idx = np.array([[1, 2], [3, 4], [5, 6], [7, 8]], np.uint16)
-    val = np.array([[-1, 0], [1, 0], [1, 0], [1, 0]], np.float32) + np.float32(1e-3)
-    off, lid, pv = _core.build_windowed(idx, val, None, 10, 16)
-    ids, scores = _core.sparse_search(off, lid, pv, 4, 10, 16, np.array([[1]]), np.array([[1.0]], np.float32), 4)
-    assert ids[0].tolist() == [1, 2, 3, 0]
-    assert scores[0, -1] < 0 and (scores[0, :3] == 0).all()
-
-
-def test_many_windows_and_split_queries_agree():
-    rng = np.random.default_rng(1)
-    n, k, h = 140_000, 4, 64  # three windows of 65,536
-    idx = np.sort(rng.choice(h, (n, k)), 1).astype(np.uint16)
-    val = rng.standard_normal((n, k)).astype(np.float32)
-    off, lid, pv = _core.build_windowed(idx, val, None, h, 16)
-    q_idx = rng.choice(h, (2, 3)).astype(np.int64)
-    q_val = rng.standard_normal((2, 3)).astype(np.float32)
-    serial = _core.sparse_search(off, lid, pv, n, h, 16, q_idx, q_val, 15, 1)
-    split = _core.sparse_search(off, lid, pv, n, h, 16, q_idx, q_val, 15, 8)
-    np.testing.assert_array_equal(serial[0], split[0])
-    D = sp.csr_matrix((val.reshape(-1), idx.reshape(-1).astype(np.int64), np.arange(0, n * k + 1, k)), shape=(n, h))
-    Qm = sp.csr_matrix((q_val.reshape(-1), q_idx.reshape(-1), [0, 3, 6]), shape=(2, h))
-    assert_same_topk(serial[0], serial[1], (Qm @ D.T).toarray(), 15, atol=1e-5)
-    assert serial[0].max() > 2 * 65536, "results must come from the last window too"
-
-
-@pytest.mark.parametrize("window_bits", [1, 3, 7])
-def test_small_windows_equal_scipy(window_bits):
-    # many windows, lists that skip some of them, and a latent no item uses
-    rng = np.random.default_rng(window_bits)
-    n, k, h = 1000, 3, 40
-    idx = np.sort(rng.choice(h - 1, (n, k)), 1).astype(np.uint16)
-    val = rng.standard_normal((n, k)).astype(np.float16)
-    off, lid, pv = _core.build_windowed(idx, val, None, h, window_bits)
-    assert len(off) == ((n + (1 << window_bits) - 1) >> window_bits) * h + 1 and (np.diff(off) >= 0).all()
-    q_idx = np.concatenate([rng.choice(h - 1, (5, 4)), np.full((5, 1), h - 1)], 1)
-    q_val = rng.standard_normal((5, 5)).astype(np.float32)
-    ids, scores = _core.sparse_search(off, lid, pv, n, h, window_bits, q_idx, q_val, 12, 1)
-    D = sp.csr_matrix((val.astype(np.float32).reshape(-1), idx.reshape(-1).astype(np.int64),
-                       np.arange(0, n * k + 1, k)), shape=(n, h))
-    Qm = sp.csr_matrix((q_val.reshape(-1), q_idx.reshape(-1), np.arange(0, 26, 5)), shape=(5, h))
-    assert_same_topk(ids, scores, (Qm @ D.T).toarray(), 12, atol=1e-5)
 
 
 def test_iter_codes_are_the_scored_codes_across_windows(trained, monkeypatch):
@@ -237,7 +191,7 @@ def test_default_ids_are_row_numbers_and_cost_nothing(small_model, tmp_path):
 
 
 def _csr_with_bias(d=32, h=128, k=8):
-    model = ce.CSR(d, h, k, seed=3)
+    model = ce.CSRAutoencoder(d, h, k, seed=3)
     gen = torch.Generator().manual_seed(4)
     with torch.no_grad():
         model.b_pre.copy_(0.3 * torch.randn(d, generator=gen))

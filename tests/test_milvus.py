@@ -36,10 +36,11 @@ def setup(tmp_path_factory):
 
 
 def assert_same_topk(m_ids, m_scores, e_ids, e_scores, atol=1e-5):
-    """Milvus returns the items with a score > 0, then -1s; our engine fills with score-0 items. Scores equal;
+    """Milvus returns the items with a score > 0, then -1s (score -inf); our engine fills with score-0 items. Scores equal;
     ids equal wherever a score is apart from its neighbours (ties may order either way)."""
     found = m_ids != -1
-    np.testing.assert_allclose(m_scores, np.where(found, e_scores, 0), atol=atol)
+    np.testing.assert_allclose(np.where(found, m_scores, 0), np.where(found, e_scores, 0), atol=atol)
+    assert np.isneginf(m_scores[~found]).all(), "missing results are padded with -1 and -inf, as the engine pads"
     assert (e_scores[~found] <= atol).all()
     s = np.pad(e_scores, ((0, 0), (1, 1)), constant_values=(np.inf, -np.inf))
     apart = (s[:, :-2] - s[:, 1:-1] > 1e-4) & (s[:, 1:-1] - s[:, 2:] > 1e-4) & found
@@ -135,7 +136,7 @@ def test_search_refuses_another_model_and_missing_collections(setup):
     other = ce.train(X, h=64, k=6, variant="csr", steps=5, batch_size=128, lr=1e-2, seed=1, progress=False)
     with pytest.raises(ValueError, match="exported from a different model"):
         search_milvus(setup["db"], "items", other, Q, 5)
-    wider = ce.CSR(16, 96, 6, seed=0)
+    wider = ce.CSRAutoencoder(16, 96, 6, seed=0)
     with pytest.raises(ValueError, match="codes with h=64, the model has h=96"):
         search_milvus(setup["db"], "items", wider, Q, 5)
     with pytest.raises(MilvusError, match="no collection 'nope'"):

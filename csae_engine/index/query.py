@@ -2,7 +2,14 @@
 import numpy as np
 import torch
 
-__all__ = ["query_codes", "QueryEncoder"]
+from ..data import unit_rows
+
+__all__ = ["query_rows", "query_codes", "QueryEncoder"]
+
+
+def query_rows(model, Q) -> np.ndarray:
+    """Q (an (nq, d) array) checked against the model and L2-normalised: float32, unit rows."""
+    return unit_rows(model.check_input(Q, "Q")[:], 0, "Q")
 
 
 def query_codes(model, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

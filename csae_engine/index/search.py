@@ -58,8 +58,9 @@ class SearchParams:
         return self.mode == "dense" and isinstance(self.candidates, str)
 
     def sparse_top(self, n_items: int) -> int:
-        """How many items the sparse scorer returns per query: top_k, or the dense mode's candidates."""
-        if self.mode == "sparse":
+        """How many items the sparse scorer returns per query: top_k, or the dense mode's candidates (a scan of
+        every item runs no sparse stage: top_k)."""
+        if self.mode == "sparse" or self.scans_all:
             return self.top_k
         return min(n_items, 10 * self.top_k if self.candidates is None else int(self.candidates))
 

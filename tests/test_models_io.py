@@ -1,3 +1,5 @@
+"""Model files (csae_engine/models/io.py): save/load round trips, files written before CSR, damaged, foreign and
+inconsistent files refused with a reason; model_hash."""
 import json
 
 import numpy as np
@@ -6,6 +8,8 @@ import torch
 from safetensors.torch import save_file
 
 import csae_engine as ce
+from csae_engine.models import CSRAutoencoder
+from conftest import csr_model, unit
 
 
 @pytest.fixture
@@ -62,5 +66,48 @@ def _resave(model, path, config=None, tensors=None):
 ])
 def test_inconsistent_files_are_refused(model, tmp_path, change, message):
     _resave(model, tmp_path / "bad.csae", **change)
+    with pytest.raises(ValueError, match=message):
+        ce.load_model(tmp_path / "bad.csae")
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_csr_save_load_round_trip_is_exact(tmp_path, tied):
+    model = csr_model(tied=tied)
+    model.save(tmp_path / "m.csae")
+    back = ce.load_model(tmp_path / "m.csae")
+    assert isinstance(back, CSRAutoencoder) and back.tied == tied and not back.signed
+    assert {n: p for n, p in model.named_parameters()}.keys() == {n: p for n, p in back.named_parameters()}.keys()
+    for name, p in model.named_parameters():
+        assert torch.equal(p, dict(back.named_parameters())[name]), name
+    from safetensors import safe_open
+    with safe_open(tmp_path / "m.csae", framework="pt") as f:
+        cfg = json.loads(f.metadata()["csae_engine"])
+    assert cfg["variant"] == "csr" and cfg["signed"] is False and cfg["tied"] == tied
+    X = unit(np.random.default_rng(0), 10, 10)
+    a, b = model.encode(X), back.encode(X)
+    np.testing.assert_array_equal(a.indices, b.indices)
+    np.testing.assert_array_equal(a.values, b.values)
+
+
+def test_old_compressae_file_without_signed_still_loads(tmp_path):
+    model = ce.CompresSAE(12, 48, 4, seed=2)
+    old_cfg = {"format_version": 1, "variant": "compressae", "d": 12, "h": 48, "k": 4}  # as written before CSR
+    save_file({n: p.detach().clone() for n, p in model.named_parameters()}, tmp_path / "old.csae",
+              metadata={"csae_engine": json.dumps(old_cfg)})
+    back = ce.load_model(tmp_path / "old.csae")
+    assert type(back) is ce.CompresSAE and back.signed and back.config()["signed"] is True
+    assert torch.equal(back.W_dec, model.W_dec)
+
+
+@pytest.mark.parametrize("config, message", [
+    ({"signed": True}, "signed=True, but csr codes are non-negative"),
+    ({"tied": "yes"}, "needs tied true or false"),
+    ({"tied": False}, "do not match"),  # a tied file's weights lack W_dec
+])
+def test_inconsistent_csr_files_are_refused(tmp_path, config, message):
+    model = csr_model()
+    cfg = dict(model.config(), **config)
+    save_file({n: p.detach().clone() for n, p in model.named_parameters()}, tmp_path / "bad.csae",
+              metadata={"csae_engine": json.dumps(cfg)})
     with pytest.raises(ValueError, match=message):
         ce.load_model(tmp_path / "bad.csae")

@@ -1,0 +1,441 @@
+"""TopKSAE: the base class of the TopK sparse autoencoders, on L2-normalised embeddings.
+
+Every variant encodes the same way and differs only in a few hooks:
+
+    z     = x @ W_enc + encoder bias               W_enc (d, h)
+    code  = the k strongest entries of z           signed (CompresSAE) or ReLU'd (CSRAutoencoder)
+    x_hat = code @ W_dec + decoder_bias            W_dec (h, d), unit-norm directions
+    loss  = err(x, x_hat_k) + err(x, x_hat_4k) / 8   the multi-k loss, one forward pass
+
+A variant sets ``variant`` and ``signed`` and implements ``_recon_error`` (err above) and ``_residual`` (what AuxK
+reconstructs); CSRAutoencoder also overrides the bias and decoder hooks. The file format is in io.py.
+"""
+import abc
+import contextlib
+from typing import NamedTuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import kernels
+from ..codes import QUANTIZED_DTYPES, VALUE_DTYPES, SparseCodes, quantize_rows
+from ..data import as_matrix, iter_batches
+from ..utils import positive_int, progress_bar
+from .io import MODEL_FORMAT_VERSION, save_model
+
+__all__ = ["INITS", "ForwardOutput", "TopKSAE", "autocast"]
+
+INITS = ("transpose", "random")
+
+
+class ForwardOutput(NamedTuple):
+    """What ``TopKSAE.forward`` returns for a batch x (B, d).
+
+    Attributes
+    ----------
+    loss : torch.Tensor
+        The multi-k reconstruction loss, a scalar.
+    cos_k : torch.Tensor
+        (B,) cosine between each row and its reconstruction from the top k, detached.
+    indices : torch.Tensor
+        (B, k) int64 latents of the top k, strongest first.
+    values : torch.Tensor
+        (B, k) their values.
+    x_hat : torch.Tensor
+        (B, d) the reconstruction from the top k (with the decoder bias), differentiable.
+    """
+
+    loss: torch.Tensor
+    cos_k: torch.Tensor
+    indices: torch.Tensor
+    values: torch.Tensor
+    x_hat: torch.Tensor
+
+
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """The precision models run in on ``device``: bfloat16 autocast on CUDA, plain float32 elsewhere.
+
+    Parameters
+    ----------
+    device : torch.device
+        Where the model and its inputs are.
+
+    Returns
+    -------
+    contextlib.AbstractContextManager
+        A ``torch.autocast`` context to wrap the forward pass in.
+    """
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+class TopKSAE(torch.nn.Module, abc.ABC):
+    """TopK sparse autoencoder: encode (n, d) embeddings into k-sparse codes over h latents and decode them back.
+
+    The base class of CompresSAE and CSRAutoencoder; it is not instantiated itself.
+
+    Parameters
+    ----------
+    d : int
+        Embedding dimension.
+    h : int
+        Latents (default 4096).
+    k : int
+        Non-zeros per code, in 1..h (default 32).
+    seed : int
+        Seeds the initial weights.
+    init : str
+        "transpose" starts the encoder as the decoder's transpose; "random" draws it independently (unit columns).
+
+    Raises
+    ------
+    TypeError
+        d, h or k not an int.
+    ValueError
+        d or h not positive, k outside 1..h, or an unknown init.
+    """
+
+    variant: str  # the name in model files: "compressae" or "csr"
+    signed: bool  # whether codes carry signs; CSR's are non-negative
+    _tied = False  # CSR: the decoder is the encoder's transpose
+
+    def __init__(self, d: int, h: int = 4096, k: int = 32, *, seed: int = 0, init: str = "transpose"):
+        super().__init__()
+        d, h = positive_int(d, "d"), positive_int(h, "h")
+        kernels.reference.check_k(int(k) if isinstance(k, np.integer) else k, h)
+        if init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {init!r}")
+        self.d, self.h, self.k = int(d), int(h), int(k)
+        gen = torch.Generator().manual_seed(seed)
+        W_dec = F.normalize(torch.randn(self.h, self.d, generator=gen), dim=1)
+        if init == "transpose":
+            W_enc = W_dec.T.contiguous()
+        else:
+            W_enc = F.normalize(torch.randn(self.h, self.d, generator=gen), dim=1).T.contiguous()
+        self.W_enc = torch.nn.Parameter(W_enc)
+        self.b_enc = torch.nn.Parameter(torch.zeros(self.h))
+        if not self._tied:
+            self.W_dec = torch.nn.Parameter(W_dec)
+        self.backend = "auto"
+
+    @property
+    def k_multi(self) -> int:
+        """The larger k of the multi-k loss: 4k, capped at h."""
+        return min(4 * self.k, self.h)
+
+    @property
+    def default_aux_k(self) -> int:
+        """Dead latents used by AuxK per item when aux_k is not given: max(2k, d/2), at most h."""
+        return min(self.h, max(2 * self.k, self.d // 2))
+
+    @property
+    def decoder_bias(self) -> torch.Tensor | None:
+        """The (d,) vector added after decoding (CSR's b_pre), or None: x_hat = code @ W_dec + decoder_bias."""
+        return None
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the weights."""
+        return self.W_enc.device
+
+    def config(self) -> dict:
+        """What a model file records besides the weights: format version, variant, signed, d, h, k."""
+        return {"format_version": MODEL_FORMAT_VERSION, "variant": self.variant, "signed": self.signed,
+                "d": self.d, "h": self.h, "k": self.k}
+
+    # torch-level ops (used by training and by the engine)
+    def _encoder_bias(self) -> torch.Tensor:
+        """b with z = x @ W_enc + b."""
+        return self.b_enc
+
+    def encode_tensor(self, x: torch.Tensor, k: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The top-k codes of unit-norm rows.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            (B, d) unit-norm rows.
+        k : int, optional
+            Non-zeros per code (default the model's k).
+
+        Returns
+        -------
+        tuple of torch.Tensor
+            indices (B, k) int64 and values (B, k), strongest first.
+        """
+        return kernels.topk_encode(x, self.W_enc, self._encoder_bias(), self.k if k is None else k,
+                                   backend=self.backend, nonneg=not self.signed)
+
+    def _decode_latents(self, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """code @ W_dec, without the decoder bias."""
+        return kernels.sparse_decode(indices, values, self.W_dec, backend=self.backend)
+
+    def decode_tensor(self, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """The reconstruction (B, d): code @ W_dec, plus decoder_bias where the model has one.
+
+        Parameters
+        ----------
+        indices, values : torch.Tensor
+            (B, k) codes, as from encode_tensor.
+
+        Returns
+        -------
+        torch.Tensor
+            (B, d) reconstructions.
+        """
+        return self._decode_latents(indices, values)
+
+    @abc.abstractmethod
+    def _recon_error(self, x: torch.Tensor, x_hat: torch.Tensor) -> torch.Tensor:
+        """(B,) reconstruction error of each row: the loss term."""
+
+    def forward(self, x: torch.Tensor) -> ForwardOutput:
+        """The multi-k reconstruction loss from one forward pass, with what training needs besides.
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            (B, d) unit-norm rows.
+
+        Returns
+        -------
+        ForwardOutput
+            loss, cos_k per row (detached), the top-k indices and values, and x_hat_k.
+        """
+        indices, values = self.encode_tensor(x, self.k_multi)
+        k = self.k
+        x_hat_k = self.decode_tensor(indices[:, :k], values[:, :k])
+        x_hat_multi = x_hat_k + self._decode_latents(indices[:, k:], values[:, k:]) if self.k_multi > k else x_hat_k
+        loss = self._recon_error(x, x_hat_k).mean() + self._recon_error(x, x_hat_multi).mean() / 8
+        cos_k = F.cosine_similarity(x_hat_k.float(), x.float(), dim=1)
+        return ForwardOutput(loss, cos_k.detach(), indices[:, :k], values[:, :k], x_hat_k)
+
+    @abc.abstractmethod
+    def _residual(self, x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
+        """What AuxK reconstructs, and the scale that maps the code's units onto it."""
+
+    def aux_loss(self, x: torch.Tensor, x_hat: torch.Tensor, dead: torch.Tensor, aux_k: int) -> torch.Tensor:
+        """AuxK: the aux_k strongest dead latents of each row reconstruct the detached residual of x_hat.
+
+        The aux reconstruction adds no decoder bias (x_hat already holds it); the residual is detached, so this
+        loss trains only the dead latents (and the encoder bias terms they read).
+
+        Parameters
+        ----------
+        x : torch.Tensor
+            (B, d) unit-norm rows.
+        x_hat : torch.Tensor
+            (B, d) their reconstructions (ForwardOutput.x_hat).
+        dead : torch.Tensor
+            (h,) bool, the dead latents.
+        aux_k : int
+            Dead latents per row.
+
+        Returns
+        -------
+        torch.Tensor
+            A scalar; 0 (no gradient) when no latent is dead or aux_k is 0.
+        """
+        dead_ids = dead.nonzero().squeeze(1)
+        if aux_k <= 0 or dead_ids.numel() == 0:
+            return x.new_zeros(())
+        idx, val = kernels.topk_encode(x, self.W_enc[:, dead_ids], self._encoder_bias()[dead_ids],
+                                       min(aux_k, dead_ids.numel()), backend=self.backend, nonneg=not self.signed)
+        target, scale = self._residual(x.float(), x_hat.detach().float())
+        e_hat = self._decode_latents(dead_ids[idx], val).float()
+        return ((target - e_hat / scale) ** 2).sum(dim=1).mean()
+
+    def dense_codes(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
+        """The codes of encode_tensor(x, k) as dense (B, h) rows, zero outside the top k, differentiable through
+        the values."""
+        idx, val = self.encode_tensor(x, k)
+        return torch.zeros(x.shape[0], self.h, dtype=val.dtype, device=x.device).scatter(1, idx, val)
+
+    def contrastive_loss(self, queries: torch.Tensor, docs: torch.Tensor, tau: float) -> torch.Tensor:
+        """InfoNCE of queries against docs on the L2-normalised k-sparse codes, in-batch negatives.
+
+        Row i of queries is paired with row i of docs; every other doc of the batch is a negative, except copies
+        of the positive doc (several queries may share one). loss = mean_i -log softmax_j(cos(c_qi, c_dj) / tau)[i].
+
+        Parameters
+        ----------
+        queries, docs : torch.Tensor
+            (B, d) unit-norm rows, paired by row.
+        tau : float
+            Temperature.
+
+        Returns
+        -------
+        torch.Tensor
+            A scalar.
+        """
+        iq, vq = self.encode_tensor(queries)
+        vq = F.normalize(vq.float(), dim=1)
+        zd = F.normalize(self.dense_codes(docs).float(), dim=1)
+        # cos(c_qi, c_dj) = sum_t vq[i, t] * zd[j, iq[i, t]]: O(B^2 k) rather than a dense (B, h) @ (h, B)
+        logits = F.embedding_bag(iq, zd.T.contiguous(), per_sample_weights=vq, mode="sum") / tau
+        with torch.no_grad():
+            same = (docs.float() @ docs.float().T) > 1 - 1e-6
+            same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
+        return F.cross_entropy(logits, torch.arange(len(queries), device=queries.device))
+
+    def _decoder_directions(self) -> tuple[torch.nn.Parameter, int]:
+        """(parameter, dim) whose slices along dim are the decoder's unit directions."""
+        return self.W_dec, 1
+
+    @torch.no_grad()
+    def normalize_decoder_(self) -> None:
+        """Rescale each decoder direction to unit L2 norm, in place."""
+        w, dim = self._decoder_directions()
+        w.div_(w.norm(dim=dim, keepdim=True).clamp_min(1e-12))
+
+    @torch.no_grad()
+    def remove_radial_grad_(self) -> None:
+        """Project each decoder direction's gradient onto the tangent of the unit sphere at that direction."""
+        w, dim = self._decoder_directions()
+        if w.grad is not None:
+            w.grad.sub_((w.grad * w).sum(dim=dim, keepdim=True) * w)
+
+    # numpy-level API
+    @torch.no_grad()
+    def encode(self, X, k: int | None = None, *, batch_size: int = 8192, value_dtype=np.float16,
+               progress: bool | None = None) -> SparseCodes:
+        """SparseCodes of the rows of X; rows are L2-normalised first.
+
+        Parameters
+        ----------
+        X : array_like, np.memmap or path
+            (n, d) embeddings, or a .npy file of them (read a batch at a time).
+        k : int, optional
+            Non-zeros per code; default the model's k. A smaller k gives the strongest k of the full code
+            (adaptive k, no retraining).
+        batch_size : int
+            Rows encoded at once.
+        value_dtype : dtype
+            float16, float32, or 8 bits with a float16 scale per row: int8 (signed or not) or uint8 (non-negative
+            codes only, i.e. CSR).
+        progress : bool, optional
+            A progress bar; None shows one for 200,000 rows or more.
+
+        Returns
+        -------
+        SparseCodes
+
+        Raises
+        ------
+        ValueError
+            k outside 1..h, an unknown value_dtype, uint8 for signed codes, or bad rows in X (named by row).
+        """
+        k = self.k if k is None else k
+        kernels.reference.check_k(k, self.h)
+        try:
+            value_dtype = np.dtype(value_dtype)
+        except TypeError as e:
+            raise ValueError(f"value_dtype must be float16, float32, int8 or uint8, got {value_dtype!r}") from e
+        if value_dtype not in VALUE_DTYPES + QUANTIZED_DTYPES:
+            raise ValueError(f"value_dtype must be float16, float32, int8 or uint8, got {value_dtype}")
+        if value_dtype == np.uint8 and self.signed:
+            raise ValueError("uint8 values need non-negative codes (a CSR model); this model's codes are signed: "
+                             "use int8")
+        batch_size = positive_int(batch_size, "batch_size")
+        quantized = value_dtype in QUANTIZED_DTYPES
+        X = self.check_input(X)
+        n = X.shape[0]
+        indices = np.zeros((n, k), np.uint32)
+        values = np.zeros((n, k), value_dtype)
+        scales = np.zeros(n, np.float16) if quantized else None
+        batches = progress_bar(iter_batches(X, batch_size), total=-(-n // batch_size), desc="encode", unit="batch",
+                               progress=progress, items=n)
+        for start, batch in batches:
+            x = torch.from_numpy(batch).to(self.device)
+            with autocast(self.device):
+                idx, val = self.encode_tensor(x, k)
+            rows = slice(start, start + len(batch))
+            indices[rows] = idx.cpu().numpy()
+            val = val.float().cpu().numpy()
+            if quantized:
+                values[rows], scales[rows] = quantize_rows(val, value_dtype)
+            else:
+                values[rows] = val
+        return SparseCodes(indices, values, self.h, scales)
+
+    @torch.no_grad()
+    def decode(self, codes: SparseCodes, *, batch_size: int = 65536) -> np.ndarray:
+        """Reconstructions of codes (8-bit values are dequantised).
+
+        Parameters
+        ----------
+        codes : SparseCodes
+            Codes over this model's h latents.
+        batch_size : int
+            Rows decoded at once.
+
+        Returns
+        -------
+        np.ndarray
+            (n, d) float32.
+
+        Raises
+        ------
+        TypeError
+            codes is not a SparseCodes.
+        ValueError
+            codes have another h.
+        """
+        if not isinstance(codes, SparseCodes):
+            raise TypeError(f"decode takes SparseCodes, got {type(codes).__name__}")
+        if codes.h != self.h:
+            raise ValueError(f"codes have h={codes.h}, the model has h={self.h}")
+        batch_size = positive_int(batch_size, "batch_size")
+        out = np.empty((codes.n, self.d), np.float32)
+        for start in range(0, codes.n, batch_size):
+            rows = slice(start, start + batch_size)
+            val = codes.values[rows].astype(np.float32)
+            if codes.scales is not None:
+                val *= codes.scales[rows].astype(np.float32)[:, None]
+            idx = torch.from_numpy(codes.indices[rows].astype(np.int64)).to(self.device)
+            out[rows] = self.decode_tensor(idx, torch.from_numpy(val).to(self.device)).float().cpu().numpy()
+        return out
+
+    def check_input(self, X, name: str = "X") -> np.ndarray:
+        """X as a 2-D floating matrix of this model's d columns (see data.as_matrix); rows are not normalised.
+
+        Parameters
+        ----------
+        X : array_like, np.memmap or path
+            (n, d) embeddings or a .npy file of them.
+        name : str
+            What errors call X.
+
+        Returns
+        -------
+        np.ndarray
+            X, or a view of it (a FileMatrix for files).
+
+        Raises
+        ------
+        FileNotFoundError
+            X is a path that does not exist.
+        ValueError
+            X is not 2-D, empty, not floating, or has another number of columns than d.
+        """
+        X = as_matrix(X, name)
+        if X.shape[1] != self.d:
+            raise ValueError(f"{name} has d={X.shape[1]} columns, the model expects d={self.d}")
+        return X
+
+    def save(self, path) -> None:
+        """Write the model to one safetensors file (weights, and config() in its metadata), atomically.
+
+        Parameters
+        ----------
+        path : str or os.PathLike
+            The file to write; io.load_model reads it back.
+        """
+        save_model(self, path)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(d={self.d}, h={self.h}, k={self.k})"
