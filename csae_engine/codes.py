@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+__all__ = ["SparseCodes", "load_codes", "index_dtype", "quantize_rows", "CODES_FORMAT_VERSION"]
+
 CODES_FORMAT_VERSION = 2  # 2 added the "scales" array of 8-bit codes; float codes are still written as version 1
 VALUE_DTYPES = (np.float16, np.float32)
 QUANTIZED_DTYPES = (np.int8, np.uint8)

@@ -8,6 +8,8 @@ from .engine import Engine
 from .metrics import exact_topk, recall, task_recall
 from .training import train
 
+__all__ = ["run"]
+
 DEMO_STEPS = 1000  # keeps the whole demo under 10 minutes on 2 CPU cores; `csae train` defaults to 5,000
 
 

@@ -18,6 +18,8 @@ from .index.query import query_codes, query_rows
 from .models import model_hash
 from .utils import positive_int, progress_bar
 
+__all__ = ["MilvusError", "export_milvus", "search_milvus"]
+
 ID_FIELD = "id"
 CODE_FIELD = "code"
 INDEX_TYPE = "SPARSE_INVERTED_INDEX"

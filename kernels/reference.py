@@ -5,6 +5,8 @@ Shapes: x (B, d), W_enc (d, h), b_enc (h,), W_dec (h, d), indices/values (B, k).
 import torch
 import torch.nn.functional as F
 
+__all__ = ["check_k", "topk_encode", "sparse_decode"]
+
 
 def check_k(k: int, h: int) -> None:
     if not isinstance(k, int) or isinstance(k, bool):

@@ -11,7 +11,6 @@ A variant sets ``variant`` and ``signed`` and implements ``_recon_error`` (err a
 reconstructs); CSRAutoencoder also overrides the bias and decoder hooks. The file format is in io.py.
 """
 import abc
-import contextlib
 from typing import NamedTuple
 
 import numpy as np
@@ -19,12 +18,13 @@ import torch
 import torch.nn.functional as F
 
 from .. import kernels
-from ..codes import QUANTIZED_DTYPES, VALUE_DTYPES, SparseCodes, quantize_rows
-from ..data import as_matrix, iter_batches
-from ..utils import positive_int, progress_bar
+from ..codes import SparseCodes
+from ..data import as_matrix
+from ..utils import positive_int
+from .encoding import decode_codes, encode_rows
 from .io import MODEL_FORMAT_VERSION, save_model
 
-__all__ = ["INITS", "ForwardOutput", "TopKSAE", "autocast"]
+__all__ = ["INITS", "ForwardOutput", "TopKSAE"]
 
 INITS = ("transpose", "random")
 
@@ -51,24 +51,6 @@ class ForwardOutput(NamedTuple):
     indices: torch.Tensor
     values: torch.Tensor
     x_hat: torch.Tensor
-
-
-def autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    """The precision models run in on ``device``: bfloat16 autocast on CUDA, plain float32 elsewhere.
-
-    Parameters
-    ----------
-    device : torch.device
-        Where the model and its inputs are.
-
-    Returns
-    -------
-    contextlib.AbstractContextManager
-        A ``torch.autocast`` context to wrap the forward pass in.
-    """
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return torch.autocast("cpu", enabled=False)
 
 
 class TopKSAE(torch.nn.Module, abc.ABC):
@@ -300,7 +282,6 @@ class TopKSAE(torch.nn.Module, abc.ABC):
             w.grad.sub_((w.grad * w).sum(dim=dim, keepdim=True) * w)
 
     # numpy-level API
-    @torch.no_grad()
     def encode(self, X, k: int | None = None, *, batch_size: int = 8192, value_dtype=np.float16,
                progress: bool | None = None) -> SparseCodes:
         """SparseCodes of the rows of X; rows are L2-normalised first.
@@ -329,40 +310,8 @@ class TopKSAE(torch.nn.Module, abc.ABC):
         ValueError
             k outside 1..h, an unknown value_dtype, uint8 for signed codes, or bad rows in X (named by row).
         """
-        k = self.k if k is None else k
-        kernels.reference.check_k(k, self.h)
-        try:
-            value_dtype = np.dtype(value_dtype)
-        except TypeError as e:
-            raise ValueError(f"value_dtype must be float16, float32, int8 or uint8, got {value_dtype!r}") from e
-        if value_dtype not in VALUE_DTYPES + QUANTIZED_DTYPES:
-            raise ValueError(f"value_dtype must be float16, float32, int8 or uint8, got {value_dtype}")
-        if value_dtype == np.uint8 and self.signed:
-            raise ValueError("uint8 values need non-negative codes (a CSR model); this model's codes are signed: "
-                             "use int8")
-        batch_size = positive_int(batch_size, "batch_size")
-        quantized = value_dtype in QUANTIZED_DTYPES
-        X = self.check_input(X)
-        n = X.shape[0]
-        indices = np.zeros((n, k), np.uint32)
-        values = np.zeros((n, k), value_dtype)
-        scales = np.zeros(n, np.float16) if quantized else None
-        batches = progress_bar(iter_batches(X, batch_size), total=-(-n // batch_size), desc="encode", unit="batch",
-                               progress=progress, items=n)
-        for start, batch in batches:
-            x = torch.from_numpy(batch).to(self.device)
-            with autocast(self.device):
-                idx, val = self.encode_tensor(x, k)
-            rows = slice(start, start + len(batch))
-            indices[rows] = idx.cpu().numpy()
-            val = val.float().cpu().numpy()
-            if quantized:
-                values[rows], scales[rows] = quantize_rows(val, value_dtype)
-            else:
-                values[rows] = val
-        return SparseCodes(indices, values, self.h, scales)
+        return encode_rows(self, X, k, batch_size=batch_size, value_dtype=value_dtype, progress=progress)
 
-    @torch.no_grad()
     def decode(self, codes: SparseCodes, *, batch_size: int = 65536) -> np.ndarray:
         """Reconstructions of codes (8-bit values are dequantised).
 
@@ -385,20 +334,7 @@ class TopKSAE(torch.nn.Module, abc.ABC):
         ValueError
             codes have another h.
         """
-        if not isinstance(codes, SparseCodes):
-            raise TypeError(f"decode takes SparseCodes, got {type(codes).__name__}")
-        if codes.h != self.h:
-            raise ValueError(f"codes have h={codes.h}, the model has h={self.h}")
-        batch_size = positive_int(batch_size, "batch_size")
-        out = np.empty((codes.n, self.d), np.float32)
-        for start in range(0, codes.n, batch_size):
-            rows = slice(start, start + batch_size)
-            val = codes.values[rows].astype(np.float32)
-            if codes.scales is not None:
-                val *= codes.scales[rows].astype(np.float32)[:, None]
-            idx = torch.from_numpy(codes.indices[rows].astype(np.int64)).to(self.device)
-            out[rows] = self.decode_tensor(idx, torch.from_numpy(val).to(self.device)).float().cpu().numpy()
-        return out
+        return decode_codes(self, codes, batch_size=batch_size)
 
     def check_input(self, X, name: str = "X") -> np.ndarray:
         """X as a 2-D floating matrix of this model's d columns (see data.as_matrix); rows are not normalised.
