@@ -185,19 +185,23 @@ class SparseCodes:
         os.replace(tmp, path)
 
 
-def load_codes(path) -> SparseCodes:
-    """Read codes written by SparseCodes.save; a foreign or damaged file is refused with a ValueError."""
+def load_codes(path):
+    """Read codes written by SparseCodes.save or CompactCodes.save (returns that class); a foreign or damaged file
+    is refused with a ValueError."""
+    from .compact import COMPACT_FORMAT_VERSION, CompactCodes
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"no such codes file {path!r}")
     try:
         with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
+            version = int(f["format_version"]) if "format_version" in f.files else None
+            if version == COMPACT_FORMAT_VERSION:
+                return CompactCodes(f["packed"], int(f["h"]), int(f["k"]), int(f["value_bits"]))
             missing = {"indices", "values", "h", "format_version"} - set(f.files)
             if missing:
                 raise ValueError(f"missing arrays {sorted(missing)}")
-            version = int(f["format_version"])
             if version not in (1, CODES_FORMAT_VERSION):
-                raise ValueError(f"format version {version}, this build reads 1..{CODES_FORMAT_VERSION}")
+                raise ValueError(f"format version {version}, this build reads 1..{COMPACT_FORMAT_VERSION}")
             scales = f["scales"] if "scales" in f.files else None
             return SparseCodes(f["indices"], f["values"], int(f["h"]), scales)
     except ValueError as e:

@@ -18,12 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from .codes import SparseCodes
+from .compact import CompactCodes
 from .index.build import WINDOW_BITS, forward_codes, make_segment, merge_segments
 from .index.query import QueryEncoder, query_rows
 from .index.search import SearchParams, allowed_masks, search_segments
 from .index.segment import Segment, as_id_array, check_ids
 from .index.storage import CONFIG_KEYS, IndexWriter, load_segments, read_manifest
 from .models import TopKSAE, load_model, model_hash
+from .models.encoding import encode_compact
 from .utils import positive_int, progress_bar
 
 __all__ = ["Engine", "DEFAULT_SHARD_SIZE"]
@@ -66,8 +68,9 @@ class Engine:
         """An engine over codes already encoded by model."""
         return cls(model, num_threads=num_threads).build_codes(codes, ids, prune=prune)
 
-    def build(self, X, ids=None, *, batch_size: int = 8192, prune: float | None = None, shard_size: int | None = None,
-              directory=None, progress: bool | None = None) -> "Engine":
+    def build(self, X, ids=None, *, bytes_per_item: int | None = None, value_bits: int | None = None,
+              index_terms: int | None = None, batch_size: int = 8192, prune: float | None = None,
+              shard_size: int | None = None, directory=None, progress: bool | None = None) -> "Engine":
         """Encode the rows of X and index them.
 
         Parameters
@@ -75,6 +78,14 @@ class Engine:
         X : array, np.memmap or path to a .npy, (n, d)
         ids : (n,) int64, optional
             Returned by search; default: the row numbers 0..n-1, which cost no memory.
+        bytes_per_item : int, optional
+            Store compact codes of this many bytes per item (model.encode(X, bytes_per_item=...): as many
+            refitted, quantised entries as fit) for dense mode; default: the model's k entries, float16 values.
+        value_bits : int, optional
+            Bits per value of compact codes (default DEFAULT_VALUE_BITS).
+        index_terms : int, optional
+            The strongest entries of each code that the posting lists hold (sparse mode and the candidates of
+            dense mode); default: the model's k, at most the code's entries.
         prune : float, optional
             Keep only this share (0 < prune <= 1) of each posting list, its largest |values| (approximate).
         shard_size : int, optional
@@ -95,18 +106,19 @@ class Engine:
             shard_size = DEFAULT_SHARD_SIZE
         if shard_size is not None:
             shard_size = positive_int(shard_size, "shard_size")
-        self._set_config(prune, shard_size, value_dtype=np.float16)
+        encode = dict(bytes_per_item=bytes_per_item, value_bits=value_bits, batch_size=batch_size)
         if directory is None and (shard_size is None or shard_size >= n):
-            codes = self.model.encode(X, batch_size=batch_size, progress=progress)
-            return self.build_codes(codes, ids, prune=prune, shard_size=shard_size)
+            codes = self.model.encode(X, progress=progress, **encode)
+            return self.build_codes(codes, ids, prune=prune, shard_size=shard_size, index_terms=index_terms)
+        self._set_config(self.model.encode(X[:1], **encode), prune, shard_size, index_terms)
         writer = None if directory is None else IndexWriter(Path(directory), self.config)
         segments = []
         try:
             for start in progress_bar(range(0, n, shard_size), total=-(-n // shard_size), desc="build shards",
                                       unit="shard", progress=progress if n > shard_size else False, items=n):
                 stop = min(n, start + shard_size)
-                codes = self.model.encode(X[start:stop], batch_size=batch_size, progress=False)
-                seg = self._segment(*self._forward(codes), None if ids is None else ids[start:stop], first_id=start)
+                codes = self.model.encode(X[start:stop], progress=False, **encode)
+                seg = self._segment(self._forward(codes), None if ids is None else ids[start:stop], first_id=start)
                 segments.append(seg if writer is None else writer.add(seg))
             if writer is not None:
                 writer.commit(self.model, model_hash(self.model), segments)
@@ -117,40 +129,52 @@ class Engine:
         self._publish(tuple(segments), False)
         return self
 
-    def build_codes(self, codes: SparseCodes, ids=None, *, prune: float | None = None,
-                    shard_size: int | None = None) -> "Engine":
-        """Index codes encoded by this engine's model (8-bit codes are indexed as float16)."""
-        if not isinstance(codes, SparseCodes):
-            raise TypeError(f"expected SparseCodes, got {type(codes).__name__}")
+    def build_codes(self, codes, ids=None, *, prune: float | None = None, shard_size: int | None = None,
+                    index_terms: int | None = None) -> "Engine":
+        """Index SparseCodes or CompactCodes encoded by this engine's model (8-bit codes are indexed as float16);
+        the options are build's."""
+        if not isinstance(codes, (SparseCodes, CompactCodes)):
+            raise TypeError(f"expected SparseCodes or CompactCodes, got {type(codes).__name__}")
         if codes.h != self.model.h:
             raise ValueError(f"codes have h={codes.h}, the model has h={self.model.h}")
         if codes.n >= 2**32:
             raise ValueError(f"{codes.n} items exceed one index's 2^32 - 1")
         ids = check_ids(ids, codes.n)
-        value_dtype = np.float16 if codes.quantized else codes.values.dtype
-        self._set_config(prune, shard_size, value_dtype, k=codes.k)
+        self._set_config(codes, prune, shard_size, index_terms)
         step = codes.n if shard_size is None else shard_size
-        fwd_indices, fwd_values = self._forward(codes)
-        segments = tuple(self._segment(fwd_indices[s:s + step], fwd_values[s:s + step],
+        forward = self._forward(codes)
+        segments = tuple(self._segment({name: arr[s:s + step] for name, arr in forward.items()},
                                        None if ids is None else ids[s:s + step], first_id=s)
                          for s in range(0, codes.n, step))
         self._publish(segments, False)
         return self
 
-    def _set_config(self, prune, shard_size, value_dtype, k=None) -> None:
+    def _set_config(self, codes, prune, shard_size, index_terms) -> None:
+        """The index's config, from the kind of codes it stores (see csae_engine/index/storage.py)."""
         if prune is not None and not 0 < prune <= 1:
             raise ValueError(f"prune must be in (0, 1], got {prune}")
-        self.config = {"h": self.model.h, "k": self.model.k if k is None else k, "window_bits": WINDOW_BITS,
-                       "prune": prune, "value_dtype": str(np.dtype(value_dtype)), "shard_size": shard_size}
-        self.queries = QueryEncoder(self.model, self.config["k"])
+        packed = isinstance(codes, CompactCodes)
+        if index_terms is None:
+            index_terms = min(self.model.k, codes.k) if packed else codes.k
+        if not positive_int(index_terms, "index_terms") <= codes.k:
+            raise ValueError(f"index_terms={index_terms} exceeds the codes' {codes.k} entries")
+        value_dtype = np.float16 if packed or codes.quantized else codes.values.dtype  # 8-bit: indexed as float16
+        self.config = {"h": self.model.h, "k": codes.k, "window_bits": WINDOW_BITS, "prune": prune,
+                       "value_dtype": str(np.dtype(value_dtype)), "shard_size": shard_size,
+                       "forward": "packed" if packed else "plain", "index_terms": index_terms,
+                       "value_bits": codes.value_bits if packed else None,
+                       "forward_bias": self.model.decoder_bias is not None}
+        self.queries = QueryEncoder(self.model, index_terms)
 
-    def _forward(self, codes: SparseCodes) -> tuple[np.ndarray, np.ndarray]:
-        if codes.k != self.config["k"]:
-            raise ValueError(f"codes have k={codes.k}, the index has k={self.config['k']}")
+    def _forward(self, codes) -> dict:
+        packed = isinstance(codes, CompactCodes)
+        if codes.k != self.config["k"] or packed != (self.config["forward"] == "packed"):
+            raise ValueError(f"codes have k={codes.k} ({type(codes).__name__}), the index stores "
+                             f"{self.config['forward']} codes of k={self.config['k']}")
         return forward_codes(self.model, codes)
 
-    def _segment(self, fwd_indices, fwd_values, ids, first_id: int = 0) -> Segment:
-        return make_segment(fwd_indices, fwd_values, ids, self.config, self.num_threads, first_id)
+    def _segment(self, forward: dict, ids, first_id: int = 0) -> Segment:
+        return make_segment(forward, ids, self.config, self.num_threads, first_id)
 
     def _publish(self, segments: tuple, has_delta: bool) -> None:
         self._segments, self._has_delta = segments, has_delta  # one tuple swap: searches see old or new, whole
@@ -167,17 +191,22 @@ class Engine:
         self._require_built()
         X = self.model.check_input(X)
         ids = check_ids(ids, X.shape[0], required=True)
-        codes = self.model.encode(X, batch_size=batch_size, progress=progress)
-        fwd_indices, fwd_values = self._forward(codes)
+        cfg = self.config
+        packed = cfg["forward"] == "packed"
+        if packed:
+            codes = encode_compact(self.model, X, k=cfg["k"], value_bits=cfg["value_bits"], batch_size=batch_size,
+                                   progress=progress)
+        else:
+            codes = self.model.encode(X, cfg["k"], batch_size=batch_size, progress=progress)
+        forward = self._forward(codes)
         with self._write_lock:
             segments = [seg.without_rows(seg.rows_of(ids)[1]) for seg in self._segments]
             if self._has_delta:
                 old = segments.pop()
                 rows = old.live_rows()
-                fwd_indices = np.concatenate([old.arrays["fwd_indices"][rows], fwd_indices])
-                fwd_values = np.concatenate([old.arrays["fwd_values"][rows], fwd_values])
+                forward = {name: np.concatenate([old.arrays[name][rows], arr]) for name, arr in forward.items()}
                 ids = np.concatenate([old.ids()[rows], ids])
-            self._publish(tuple(segments) + (self._segment(fwd_indices, fwd_values, ids),), True)
+            self._publish(tuple(segments) + (self._segment(forward, ids),), True)
         return self
 
     def delete(self, ids) -> "Engine":
@@ -324,7 +353,7 @@ class Engine:
             raise ValueError(f"{path} was built with a different model than the one given")
         engine = cls(model, num_threads=num_threads)
         engine.config = {key: manifest[key] for key in CONFIG_KEYS}
-        engine.queries = QueryEncoder(model, engine.config["k"])
+        engine.queries = QueryEncoder(model, engine.config["index_terms"])
         width = engine.config["k"] + (model.decoder_bias is not None)
         engine._publish(load_segments(path, manifest, width, mmap, verify), bool(manifest["has_delta"]))
         return engine

@@ -6,10 +6,12 @@ and a live mask (None: every row live). Updates never change a segment; they mak
 import numpy as np
 
 from .. import _core
+from ..compact import index_bits
 
-__all__ = ["ARRAYS", "Segment", "as_id_array", "check_ids"]
+__all__ = ["ARRAYS", "FORWARD_ARRAYS", "Segment", "as_id_array", "check_ids"]
 
-ARRAYS = ("offsets", "local_ids", "post_values", "fwd_indices", "fwd_values", "ids")  # ids: only if given
+FORWARD_ARRAYS = ("fwd_indices", "fwd_values", "fwd_packed")  # plain (indices + values) or packed (compact codes)
+ARRAYS = ("offsets", "local_ids", "post_values", *FORWARD_ARRAYS, "ids")  # ids: only if given
 
 
 class Segment:
@@ -18,10 +20,11 @@ class Segment:
     Parameters
     ----------
     arrays : dict
-        ``offsets``, ``local_ids``, ``post_values`` (the windowed posting lists of cpp/index.h), ``fwd_indices``,
-        ``fwd_values`` (forward codes, values divided by |x_hat|) and optionally ``ids`` (int64 user ids).
-    h, window_bits : int
-        Latents, and log2 of the items per window.
+        ``offsets``, ``local_ids``, ``post_values`` (the windowed posting lists of cpp/index.h), the forward codes
+        (values divided by |x_hat|): ``fwd_indices`` and ``fwd_values``, or ``fwd_packed`` (compact codes,
+        cpp/rerank.h), and optionally ``ids`` (int64 user ids).
+    config : dict
+        The index's config: h, window_bits, and for packed forward codes k, value_bits and forward_bias.
     first_id : int
         Without ``ids``, row r has user id first_id + r.
     live : np.ndarray or None
@@ -30,14 +33,22 @@ class Segment:
         name -> (path, sha256, inode) of the files the arrays are mapped from (lets a save link instead of copy).
     """
 
-    def __init__(self, arrays: dict, h: int, window_bits: int, first_id: int = 0, live: np.ndarray | None = None,
+    def __init__(self, arrays: dict, config: dict, first_id: int = 0, live: np.ndarray | None = None,
                  files: dict | None = None):
-        self.arrays, self.first_id, self.live = arrays, int(first_id), live
-        self.n = len(arrays["fwd_indices"])
+        self.arrays, self.config, self.first_id, self.live = arrays, config, int(first_id), live
+        packed = "fwd_packed" in arrays
+        self.n = len(arrays["fwd_packed" if packed else "fwd_indices"])
         self.n_live = self.n if live is None else int(np.count_nonzero(live))  # once: searches read it
         self.files = files or {}
-        self.index = _core.SegmentIndex(arrays["offsets"], arrays["local_ids"], arrays["post_values"],
-                                        arrays["fwd_indices"], arrays["fwd_values"], self.n, h, window_bits)
+        postings = (arrays["offsets"], arrays["local_ids"], arrays["post_values"])
+        h, window_bits = config["h"], config["window_bits"]
+        if packed:
+            self.index = _core.SegmentIndex.packed(*postings, arrays["fwd_packed"], self.n, h, window_bits,
+                                                   config["k"], index_bits(h), config["value_bits"],
+                                                   bool(config["forward_bias"]))
+        else:
+            self.index = _core.SegmentIndex(*postings, arrays["fwd_indices"], arrays["fwd_values"], self.n, h,
+                                            window_bits)
         if live is not None and live.shape != (self.n,):
             raise ValueError(f"live mask has shape {live.shape}, expected ({self.n},)")
         if "ids" in arrays and arrays["ids"].shape != (self.n,):
@@ -81,7 +92,7 @@ class Segment:
             return self
         live = np.ones(self.n, np.uint8) if self.live is None else self.live.copy()
         live[rows] = 0
-        return Segment(self.arrays, self.index.h, self.index.window_bits, self.first_id, live, self.files)
+        return Segment(self.arrays, self.config, self.first_id, live, self.files)
 
     def live_rows(self) -> np.ndarray:
         return np.arange(self.n) if self.live is None else np.flatnonzero(self.live)

@@ -16,14 +16,16 @@ from pathlib import Path
 
 import numpy as np
 
-from .segment import ARRAYS, Segment
+from .segment import ARRAYS, FORWARD_ARRAYS, Segment
 
 __all__ = ["INDEX_FORMAT_VERSION", "CONFIG_KEYS", "IndexWriter", "read_manifest", "load_segments", "sha256"]
 
-INDEX_FORMAT_VERSION = 3  # 3: posting lists in latent-major order
+INDEX_FORMAT_VERSION = 4  # 3: posting lists in latent-major order; 4: packed forward codes (reads 3 too)
+READS_VERSIONS = (3, 4)
 FORMAT_NAME = "csae-engine index"
 MODEL_FILE = "model.csae"
-CONFIG_KEYS = ("h", "k", "window_bits", "prune", "value_dtype", "shard_size")
+CONFIG_KEYS = ("h", "k", "window_bits", "prune", "value_dtype", "shard_size", "forward", "index_terms", "value_bits",
+               "forward_bias")
 
 
 class IndexWriter:
@@ -105,9 +107,12 @@ def read_manifest(path, verify: bool) -> tuple[dict, Path]:
         raise ValueError(f"{path}/manifest.json is damaged: {e}") from e
     if manifest.get("format") != FORMAT_NAME:
         raise ValueError(f"{path} is not a csae index (manifest format {manifest.get('format')!r})")
-    if manifest.get("format_version") != INDEX_FORMAT_VERSION:
+    if manifest.get("format_version") not in READS_VERSIONS:
         raise ValueError(f"{path}: index format version {manifest.get('format_version')}, this build reads "
-                         f"{INDEX_FORMAT_VERSION}; rebuild the index with this version")
+                         f"{READS_VERSIONS}; rebuild the index with this version")
+    if manifest["format_version"] == 3:  # plain forward codes; its posting lists hold every term
+        manifest = {**manifest, "forward": "plain", "index_terms": manifest["k"], "value_bits": None,
+                    "forward_bias": None}
     _check_file(path / MODEL_FILE, manifest["model_file_sha256"], verify)
     return manifest, path / MODEL_FILE
 
@@ -136,14 +141,17 @@ def _load_segment(root: Path, entry: dict, config: dict, mmap: bool, verify: boo
         arrays[name] = _load_array(folder / f"{name}.npy", entry["files"].get(f"{name}.npy"), dtype, mmap, verify)
         files[name] = ((final_dir or root) / entry["dir"] / f"{name}.npy", entry["files"][f"{name}.npy"],
                        os.stat(folder / f"{name}.npy").st_ino)
-    missing = set(ARRAYS) - {"ids"} - set(arrays)
+    missing = set(ARRAYS) - {"ids"} - set(FORWARD_ARRAYS) - set(arrays)
+    forward = {name for name in FORWARD_ARRAYS if name in arrays}
+    if forward not in ({"fwd_indices", "fwd_values"}, {"fwd_packed"}):
+        missing |= {"fwd_packed"} if config["forward"] == "packed" else {"fwd_indices", "fwd_values"} - forward
     if missing:
         raise ValueError(f"{folder}: the manifest lists no {sorted(missing)}")
     live = None
     if "live.npy" in entry["files"]:
         live = np.array(_load_array(folder / "live.npy", entry["files"]["live.npy"], "uint8", False, verify))
     try:
-        return Segment(arrays, config["h"], config["window_bits"], entry["first_id"], live, files if mmap else None)
+        return Segment(arrays, config, entry["first_id"], live, files if mmap else None)
     except ValueError as e:
         raise ValueError(f"{folder}: {e}") from e
 

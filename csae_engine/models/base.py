@@ -18,10 +18,9 @@ import torch
 import torch.nn.functional as F
 
 from .. import kernels
-from ..codes import SparseCodes
 from ..data import as_matrix
 from ..utils import positive_int
-from .encoding import decode_codes, encode_rows
+from .encoding import DEFAULT_VALUE_BITS, decode_codes, encode_compact, encode_rows
 from .io import MODEL_FORMAT_VERSION, save_model
 
 __all__ = ["INITS", "ForwardOutput", "TopKSAE"]
@@ -282,9 +281,13 @@ class TopKSAE(torch.nn.Module, abc.ABC):
             w.grad.sub_((w.grad * w).sum(dim=dim, keepdim=True) * w)
 
     # numpy-level API
-    def encode(self, X, k: int | None = None, *, batch_size: int = 8192, value_dtype=np.float16,
-               progress: bool | None = None) -> SparseCodes:
-        """SparseCodes of the rows of X; rows are L2-normalised first.
+    def encode(self, X, k: int | None = None, *, bytes_per_item: int | None = None, value_bits: int | None = None,
+               refit: bool | None = None, batch_size: int = 8192, value_dtype=np.float16,
+               progress: bool | None = None):
+        """Codes of the rows of X; rows are L2-normalised first.
+
+        Two kinds: SparseCodes of k entries (the default: k = the model's k, float16 values), or, with a byte
+        budget, CompactCodes: the most entries that fit bytes_per_item, bit-packed (csae_engine/compact.py).
 
         Parameters
         ----------
@@ -295,29 +298,45 @@ class TopKSAE(torch.nn.Module, abc.ABC):
             (adaptive k, no retraining).
         batch_size : int
             Rows encoded at once.
+        bytes_per_item : int, optional
+            A byte budget per item: returns CompactCodes with as many entries as fit (k must be None).
+        value_bits : int, optional
+            Bits per value of CompactCodes (2..16; default DEFAULT_VALUE_BITS).
+        refit : bool, optional
+            Replace the encoder's values by the least-squares values on the same latents (ValueRefit: never a
+            worse reconstruction; signed models only). Default: on for CompactCodes, off for SparseCodes.
         value_dtype : dtype
-            float16, float32, or 8 bits with a float16 scale per row: int8 (signed or not) or uint8 (non-negative
-            codes only, i.e. CSR).
+            SparseCodes only: float16, float32, or 8 bits with a float16 scale per row: int8 (signed or not) or
+            uint8 (non-negative codes only, i.e. CSR).
         progress : bool, optional
             A progress bar; None shows one for 200,000 rows or more.
 
         Returns
         -------
-        SparseCodes
+        SparseCodes or CompactCodes
 
         Raises
         ------
         ValueError
-            k outside 1..h, an unknown value_dtype, uint8 for signed codes, or bad rows in X (named by row).
+            k outside 1..h, an unknown value_dtype, uint8 for signed codes, a budget too small for one entry,
+            refit on non-negative codes, or bad rows in X (named by row).
         """
-        return encode_rows(self, X, k, batch_size=batch_size, value_dtype=value_dtype, progress=progress)
+        if bytes_per_item is None:
+            if value_bits is not None:
+                raise ValueError("value_bits applies to compact codes: give bytes_per_item too")
+            return encode_rows(self, X, k, batch_size=batch_size, value_dtype=value_dtype, progress=progress,
+                               refit=bool(refit))
+        if k is not None:
+            raise ValueError("give k or bytes_per_item, not both: a byte budget sets k")
+        return encode_compact(self, X, bytes_per_item, value_bits=DEFAULT_VALUE_BITS if value_bits is None else
+                              value_bits, batch_size=batch_size, progress=progress, refit=refit is not False)
 
-    def decode(self, codes: SparseCodes, *, batch_size: int = 65536) -> np.ndarray:
-        """Reconstructions of codes (8-bit values are dequantised).
+    def decode(self, codes, *, batch_size: int = 65536) -> np.ndarray:
+        """Reconstructions of SparseCodes or CompactCodes (quantised values are dequantised).
 
         Parameters
         ----------
-        codes : SparseCodes
+        codes : SparseCodes or CompactCodes
             Codes over this model's h latents.
         batch_size : int
             Rows decoded at once.
@@ -330,7 +349,7 @@ class TopKSAE(torch.nn.Module, abc.ABC):
         Raises
         ------
         TypeError
-            codes is not a SparseCodes.
+            codes are neither SparseCodes nor CompactCodes.
         ValueError
             codes have another h.
         """

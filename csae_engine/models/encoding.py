@@ -6,10 +6,13 @@ import torch
 
 from .. import kernels
 from ..codes import QUANTIZED_DTYPES, VALUE_DTYPES, SparseCodes, quantize_rows
+from ..compact import CompactCodes, compact_k, quantize_values
 from ..data import iter_batches
 from ..utils import positive_int, progress_bar
 
-__all__ = ["autocast", "encode_rows", "decode_codes"]
+__all__ = ["DEFAULT_VALUE_BITS", "ValueRefit", "autocast", "encode_rows", "encode_compact", "decode_codes"]
+
+DEFAULT_VALUE_BITS = 4  # compact codes; measured in benchmarks/results/ (quality_compact_*)
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -30,9 +33,57 @@ def autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return torch.autocast("cpu", enabled=False)
 
 
+class ValueRefit:
+    """Least-squares values for a fixed support: for the k latents S the encoder chose for x, the values v that
+    minimise |x - b - v W_S| (b: the decoder bias), v = (W_S W_S^T)^-1 W_S (x - b). It never lowers cos(x, x_hat)
+    below the encoder's own values, which are one candidate of the same least-squares problem.
+
+    The Gram matrix W_dec W_dec^T (h x h) is made once; each batch gathers its k x k blocks and solves them in
+    float64 (a 1e-6 ridge keeps a block of nearly parallel directions solvable).
+    """
+
+    RIDGE = 1e-6
+
+    def __init__(self, model):
+        if not model.signed:
+            raise ValueError("refit gives values of either sign; it needs a model with signed codes (CompresSAE), "
+                             "not non-negative CSR codes")
+        self.W = model.W_dec.detach().float()
+        self.gram = (self.W @ self.W.T).double()
+        bias = model.decoder_bias
+        self.bias = None if bias is None else bias.detach().float()
+
+    def __call__(self, x: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices, values) of unit rows x (B, d) on the support indices (B, k), strongest first."""
+        target = x.float() if self.bias is None else x.float() - self.bias
+        rhs = (target @ self.W.T).gather(1, indices).double()
+        G = self.gram[indices[:, :, None], indices[:, None, :]]
+        G.diagonal(dim1=1, dim2=2).add_(self.RIDGE)
+        values = torch.linalg.solve(G, rhs.unsqueeze(2)).squeeze(2).float()
+        order = values.abs().argsort(dim=1, descending=True)
+        return indices.gather(1, order), values.gather(1, order)
+
+
+def _encoded_batches(model, X, k: int, batch_size: int, progress, refit: bool):
+    """(rows, indices (b, k) int64, values (b, k) float32) over the rows of X, a batch at a time."""
+    batch_size = positive_int(batch_size, "batch_size")
+    X = model.check_input(X)
+    n = X.shape[0]
+    fit = ValueRefit(model) if refit else None
+    batches = progress_bar(iter_batches(X, batch_size), total=-(-n // batch_size), desc="encode", unit="batch",
+                           progress=progress, items=n)
+    for start, batch in batches:
+        x = torch.from_numpy(batch).to(model.device)
+        with autocast(model.device):
+            idx, val = model.encode_tensor(x, k)
+        if fit is not None:
+            idx, val = fit(x, idx)
+        yield slice(start, start + len(batch)), idx.cpu().numpy(), val.float().cpu().numpy()
+
+
 @torch.no_grad()
 def encode_rows(model, X, k: int | None = None, *, batch_size: int = 8192, value_dtype=np.float16,
-                progress: bool | None = None) -> SparseCodes:
+                progress: bool | None = None, refit: bool = False) -> SparseCodes:
     """SparseCodes of the rows of X under model: TopKSAE.encode, which documents the arguments."""
     k = model.k if k is None else k
     kernels.reference.check_k(k, model.h)
@@ -45,22 +96,13 @@ def encode_rows(model, X, k: int | None = None, *, batch_size: int = 8192, value
     if value_dtype == np.uint8 and model.signed:
         raise ValueError("uint8 values need non-negative codes (a CSR model); this model's codes are signed: "
                          "use int8")
-    batch_size = positive_int(batch_size, "batch_size")
     quantized = value_dtype in QUANTIZED_DTYPES
-    X = model.check_input(X)
-    n = X.shape[0]
+    n = model.check_input(X).shape[0]
     indices = np.zeros((n, k), np.uint32)
     values = np.zeros((n, k), value_dtype)
     scales = np.zeros(n, np.float16) if quantized else None
-    batches = progress_bar(iter_batches(X, batch_size), total=-(-n // batch_size), desc="encode", unit="batch",
-                           progress=progress, items=n)
-    for start, batch in batches:
-        x = torch.from_numpy(batch).to(model.device)
-        with autocast(model.device):
-            idx, val = model.encode_tensor(x, k)
-        rows = slice(start, start + len(batch))
-        indices[rows] = idx.cpu().numpy()
-        val = val.float().cpu().numpy()
+    for rows, idx, val in _encoded_batches(model, X, k, batch_size, progress, refit):
+        indices[rows] = idx
         if quantized:
             values[rows], scales[rows] = quantize_rows(val, value_dtype)
         else:
@@ -69,10 +111,33 @@ def encode_rows(model, X, k: int | None = None, *, batch_size: int = 8192, value
 
 
 @torch.no_grad()
+def encode_compact(model, X, bytes_per_item: int | None = None, *, k: int | None = None,
+                   value_bits: int = DEFAULT_VALUE_BITS, batch_size: int = 8192, progress: bool | None = None,
+                   refit: bool = True) -> CompactCodes:
+    """CompactCodes of the rows of X: k entries, or the most that fit bytes_per_item bytes per item
+    (compact.compact_k); values refitted by least squares (refit=True), then quantised to value_bits bits."""
+    if (k is None) == (bytes_per_item is None):
+        raise ValueError("give k or bytes_per_item (which sets k), not both")
+    if k is None:
+        k = compact_k(model.h, bytes_per_item, value_bits)
+    kernels.reference.check_k(k, model.h)
+    n = model.check_input(X).shape[0]
+    indices = np.zeros((n, k), np.int64)
+    q = np.zeros((n, k), np.int32)
+    scales = np.zeros(n, np.float16)
+    for rows, idx, val in _encoded_batches(model, X, k, batch_size, progress, refit):
+        indices[rows] = idx
+        q[rows], scales[rows] = quantize_values(val, value_bits)
+    return CompactCodes.pack(indices, q, scales, model.h, value_bits)
+
+
+@torch.no_grad()
 def decode_codes(model, codes: SparseCodes, *, batch_size: int = 65536) -> np.ndarray:
     """(n, d) float32 reconstructions of codes under model: TopKSAE.decode, which documents the arguments."""
+    if isinstance(codes, CompactCodes):
+        codes = codes.to_sparse()
     if not isinstance(codes, SparseCodes):
-        raise TypeError(f"decode takes SparseCodes, got {type(codes).__name__}")
+        raise TypeError(f"decode takes SparseCodes or CompactCodes, got {type(codes).__name__}")
     if codes.h != model.h:
         raise ValueError(f"codes have h={codes.h}, the model has h={model.h}")
     batch_size = positive_int(batch_size, "batch_size")
