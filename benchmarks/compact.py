@@ -1,0 +1,65 @@
+"""Compact codes against float16 codes at equal bytes, for one trained model: recall of dense mode and the index size.
+
+    python -m benchmarks.compact --model wordnet.csae                       # 128 and 64 B, 4 and 5-bit values
+    python -m benchmarks.compact --model M --budgets 96 128 --value-bits 4 --queries 10000
+
+recall@10 against the exact dense top 10 (gt_top100.npy) over every item ("dense all") and over the sparse mode's
+top --candidates ("rerank"); bytes per item of the forward codes alone and of the whole index. The side-by-side
+comparison with PQ, OPQ and RaBitQ is `csae bench` (benchmarks/compare.py).
+"""
+import argparse
+import sys
+import time
+
+import numpy as np
+
+import csae_engine as ce
+from csae_engine import datasets
+from csae_engine.metrics import recall
+
+from .common import SHARED_WORDNET, md_table, write_result
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.compact", description=__doc__.split("\n")[0])
+    p.add_argument("--model", required=True, help="a model file from csae train")
+    p.add_argument("--data", default=str(SHARED_WORDNET), help="dataset folder with docs, queries, gt_top100")
+    p.add_argument("--budgets", type=int, nargs="+", default=[128, 64])
+    p.add_argument("--value-bits", type=int, nargs="+", default=[4, 5])
+    p.add_argument("--queries", type=int, default=2000, help="the first this many queries")
+    p.add_argument("--candidates", type=int, default=1000)
+    a = p.parse_args(argv)
+    command = "python -m benchmarks.compact " + " ".join(argv if argv is not None else sys.argv[1:])
+    model = ce.load_model(a.model)
+    ds = datasets.load(a.data)
+    Q, gt = ds.queries[:a.queries], ds.gt[:a.queries]
+    rows = []
+
+    def measure(label, engine, build_s, forward_names):
+        nb, n = engine.nbytes(), len(engine)
+        row = {"codes": label, "entries": engine.config["k"], "build_s": build_s,
+               "forward_bytes": sum(nb[name] for name in forward_names) / n, "index_bytes": sum(nb.values()) / n,
+               "dense_all@10": recall(engine.search(Q, 10, mode="dense", candidates="all")[0], gt, 10),
+               "rerank@10": recall(engine.search(Q, 10, mode="dense", candidates=a.candidates)[0], gt, 10)}
+        rows.append(row)
+        print(row, flush=True)
+
+    t = time.perf_counter()
+    plain = ce.Engine(model).build(ds.docs)
+    measure(f"float16, k={model.k}", plain, time.perf_counter() - t, ("fwd_indices", "fwd_values"))
+    for budget in a.budgets:
+        for bits in a.value_bits:
+            t = time.perf_counter()
+            engine = ce.Engine(model).build(ds.docs, bytes_per_item=budget, value_bits=bits)
+            measure(f"compact {budget} B, {bits}-bit values", engine, time.perf_counter() - t, ("fwd_packed",))
+    cfg = {"model": a.model, "h": model.h, "k": model.k, "data": ds.name, "queries": len(Q),
+           "candidates": a.candidates}
+    md = (f"{len(ds.docs)} items, h={model.h}, model k={model.k}, {len(Q)} queries; recall@10 against the exact "
+          f"dense top 10\n\n" + md_table(rows, ["codes", "entries", "forward_bytes", "index_bytes", "dense_all@10",
+                                               "rerank@10", "build_s"]))
+    print(md)
+    write_result(f"compact_{ds.name}_h{model.h}_k{model.k}", cfg, rows, command, md)
+
+
+if __name__ == "__main__":
+    main()
