@@ -14,6 +14,7 @@
 #include <variant>
 #include <vector>
 
+#include "ef.h"
 #include "half.h"
 #include "index.h"
 #include "packed.h"
@@ -335,46 +336,81 @@ struct Type {
     using type = T;
 };
 
-// Packed forward codes (packed.h): an (n, row_bytes) uint8 array, each row a float16 scale, a float16 bias weight
-// when has_bias, and k (latent, value) entries of index_bits + value_bits bits. Held like ForwardArrays; the
-// constructor checks the shape and widths, check_contents (no GIL) every latent and scale.
+// How packed rows store their latents: fixed-width entries (packed.h) or an Elias-Fano coded sorted set (ef.h).
+enum class IndexCoding { fixed, ef };
+
+IndexCoding index_coding_of(const std::string& name) {
+    if (name == "packed") return IndexCoding::fixed;
+    if (name == "ef") return IndexCoding::ef;
+    throw std::invalid_argument("index_coding must be 'packed' or 'ef', got '" + name + "'");
+}
+
+// Packed forward codes (packed.h, ef.h): an (n, row_bytes) uint8 array, each row a float16 scale, a float16 bias
+// weight when has_bias, and k (latent, value) entries: of index_bits + value_bits bits each (coding "packed"), or
+// Elias-Fano coded (coding "ef": index_bits is then the low bits per latent, set from h and k). Held like
+// ForwardArrays; the constructor checks the shape and widths, check_contents (no GIL) every latent and scale.
 struct PackedArrays {
     py::array packed;
     size_t rows = 0, row_bytes = 0, k = 0, h = 0;
     unsigned index_bits = 0, value_bits = 0;
     bool has_bias = false;
+    IndexCoding coding = IndexCoding::fixed;
 
-    PackedArrays(py::array packed_in, size_t n, size_t h_, int64_t k_, int64_t ib, int64_t vb, bool bias)
-        : packed(std::move(packed_in)), h(h_), has_bias(bias) {
-        if (ib < 1 || ib > 32) throw std::invalid_argument("index_bits must be in 1..32, got " + std::to_string(ib));
+    PackedArrays(py::array packed_in, size_t n, size_t h_, int64_t k_, int64_t ib, int64_t vb, bool bias,
+                 IndexCoding coding_)
+        : packed(std::move(packed_in)), h(h_), has_bias(bias), coding(coding_) {
+        const bool ef = coding == IndexCoding::ef;
+        if (!ef && (ib < 1 || ib > 32))
+            throw std::invalid_argument("index_bits must be in 1..32, got " + std::to_string(ib));
         if (vb < 2 || vb > 16) throw std::invalid_argument("value_bits must be in 2..16, got " + std::to_string(vb));
         if (k_ < 1) throw std::invalid_argument("k must be positive, got " + std::to_string(k_));
-        index_bits = static_cast<unsigned>(ib), value_bits = static_cast<unsigned>(vb), k = static_cast<size_t>(k_);
+        if (ef && static_cast<size_t>(k_) > h)
+            throw std::invalid_argument("k = " + std::to_string(k_) + " exceeds h = " + std::to_string(h) +
+                                        ": ef rows hold k distinct latents");
+        k = static_cast<size_t>(k_), value_bits = static_cast<unsigned>(vb);
+        index_bits = ef ? csae::ef_low_bits(h, k) : static_cast<unsigned>(ib);
         if (packed.ndim() != 2)
             throw std::invalid_argument("fwd_packed must be 2-D (n, row_bytes), got " + std::to_string(packed.ndim()) + "-D");
         exact<uint8_t>(packed, "fwd_packed");
         rows = static_cast<size_t>(packed.shape(0)), row_bytes = static_cast<size_t>(packed.shape(1));
         if (rows != n)
             throw std::invalid_argument("fwd_packed has " + std::to_string(rows) + " rows, expected n = " + std::to_string(n));
-        const size_t header = has_bias ? 4 : 2, bits = static_cast<size_t>(k_) * (index_bits + value_bits);
+        const size_t header = has_bias ? 4 : 2;
+        if (!ef && k >= (size_t{1} << 31))  // guards the product below
+            throw std::invalid_argument("k = " + std::to_string(k) + " entries do not fit a row (2^31 bits at most)");
+        const size_t bits = ef ? csae::ef_stream_bits(h, k, value_bits) : k * (index_bits + value_bits);
         if (bits >= (size_t{1} << 31))  // stream bit offsets are 32-bit
             throw std::invalid_argument("k = " + std::to_string(k) + " entries do not fit a row (2^31 bits at most)");
         const size_t need = header + (bits + 7) / 8;
-        if (row_bytes < need)
+        if (row_bytes < need) {
+            const std::string entries = ef ? " ef-coded entries over h = " + std::to_string(h) + " with " +
+                                                 std::to_string(value_bits) + "-bit values need "
+                                           : " entries of " + std::to_string(index_bits) + " + " +
+                                                 std::to_string(value_bits) + " bits need ";
             throw std::invalid_argument("fwd_packed has " + std::to_string(row_bytes) + " bytes per row, k = " +
-                                        std::to_string(k) + " entries of " + std::to_string(index_bits) + " + " +
-                                        std::to_string(value_bits) + " bits need " + std::to_string(need) +
-                                        " (header " + std::to_string(header) + ")");
+                                        std::to_string(k) + entries + std::to_string(need) + " (header " +
+                                        std::to_string(header) + ")");
+        }
     }
 
     size_t n() const { return rows; }
     size_t width() const { return k + has_bias; }        // the plain format's columns: k, and the bias column
     size_t index_bound() const { return h + has_bias; }  // projections need the bias column h too
 
-    // Calls fn(PackedCodes<IB, VB>) with compile-time widths for the common layouts, PackedCodes<> otherwise.
+    // Calls fn(PackedCodes<IB, VB>) with compile-time widths for the common layouts, PackedCodes<> otherwise;
+    // ef rows: fn(EFCodes<VB>), likewise.
     template <class Fn>
     void with_codes(Fn fn) const {
         const auto* data = static_cast<const uint8_t*>(packed.data());
+        if (coding == IndexCoding::ef) {
+            auto ef_codes = [&](auto tag) {
+                using Codes = typename decltype(tag)::type;
+                fn(Codes(data, rows, row_bytes, k, value_bits, has_bias, h));
+            };
+            if (value_bits == 4) return ef_codes(Type<csae::EFCodes<4>>{});
+            if (value_bits == 8) return ef_codes(Type<csae::EFCodes<8>>{});
+            return ef_codes(Type<csae::EFCodes<>>{});
+        }
         auto codes = [&](auto tag) {
             using Codes = typename decltype(tag)::type;
             fn(Codes(data, rows, row_bytes, k, index_bits, value_bits, has_bias, h));
@@ -387,25 +423,41 @@ struct PackedArrays {
         return codes(Type<csae::PackedCodes<>>{});
     }
 
-    // Every latent below h and every scale (and bias weight) finite: O(n k), reporting the first bad row and entry.
-    // Call without the GIL.
+    // Every latent below h and every scale (and bias weight) finite: O(n k), reporting the first bad row and entry;
+    // ef rows also hold exactly k set bitmap bits and strictly increasing latents. Call without the GIL.
     void check_contents() const {
+        if (coding == IndexCoding::ef) {
+            const csae::EFCodes<> fc(static_cast<const uint8_t*>(packed.data()), rows, row_bytes, k, value_bits,
+                                     has_bias, h);
+            for (size_t i = 0; i < rows; ++i) {
+                const int64_t item = static_cast<int64_t>(i);
+                check_header(i, fc.scale(item), fc.bias_weight(item));
+                const std::string problem = fc.check_row(item);
+                if (!problem.empty())
+                    throw std::invalid_argument("fwd_packed row " + std::to_string(i) + ", " + problem);
+            }
+            return;
+        }
         const csae::PackedCodes<> fc(static_cast<const uint8_t*>(packed.data()), rows, row_bytes, k, index_bits,
                                      value_bits, has_bias, h);
         for (size_t i = 0; i < rows; ++i) {
             const int64_t item = static_cast<int64_t>(i);
-            if (!std::isfinite(fc.scale(item)))
-                throw std::invalid_argument("fwd_packed row " + std::to_string(i) + ": scale is not finite (" +
-                                            std::to_string(fc.scale(item)) + ")");
-            if (!std::isfinite(fc.bias_weight(item)))
-                throw std::invalid_argument("fwd_packed row " + std::to_string(i) + ": bias_weight is not finite (" +
-                                            std::to_string(fc.bias_weight(item)) + ")");
+            check_header(i, fc.scale(item), fc.bias_weight(item));
             for (size_t j = 0; j < k; ++j)
                 if (fc.index(item, j) >= h)
                     throw std::invalid_argument("fwd_packed row " + std::to_string(i) + ", entry " + std::to_string(j) +
                                                 ": latent " + std::to_string(fc.index(item, j)) +
                                                 " out of range for h=" + std::to_string(h));
         }
+    }
+
+    static void check_header(size_t i, float scale, float bias_weight) {
+        if (!std::isfinite(scale))
+            throw std::invalid_argument("fwd_packed row " + std::to_string(i) + ": scale is not finite (" +
+                                        std::to_string(scale) + ")");
+        if (!std::isfinite(bias_weight))
+            throw std::invalid_argument("fwd_packed row " + std::to_string(i) + ": bias_weight is not finite (" +
+                                        std::to_string(bias_weight) + ")");
     }
 };
 
@@ -498,10 +550,12 @@ class SegmentIndex {
     // The same segment with packed forward codes (PackedArrays).
     static SegmentIndex packed(py::array offsets, py::array local_ids, py::array post_values, py::array fwd_packed,
                                int64_t n, int64_t h, int64_t window_bits, int64_t k, int64_t index_bits,
-                               int64_t value_bits, bool has_bias) {
+                               int64_t value_bits, bool has_bias, const std::string& index_coding) {
+        const IndexCoding coding = index_coding_of(index_coding);
         PostingArrays postings(std::move(offsets), std::move(local_ids), std::move(post_values), n, h, window_bits,
                                "post_values");
-        PackedArrays packed(std::move(fwd_packed), postings.n, postings.h, k, index_bits, value_bits, has_bias);
+        PackedArrays packed(std::move(fwd_packed), postings.n, postings.h, k, index_bits, value_bits, has_bias,
+                            coding);
         {
             py::gil_scoped_release release;
             postings.check_contents();
@@ -566,6 +620,10 @@ class SegmentIndex {
     size_t row_bytes() const { return is_packed() ? std::get<PackedArrays>(forward_).row_bytes : 0; }
     size_t index_bits() const { return is_packed() ? std::get<PackedArrays>(forward_).index_bits : 0; }
     size_t value_bits() const { return is_packed() ? std::get<PackedArrays>(forward_).value_bits : 0; }
+    std::string index_coding() const {
+        if (!is_packed()) return "";
+        return std::get<PackedArrays>(forward_).coding == IndexCoding::ef ? "ef" : "packed";
+    }
 
   private:
     SegmentIndex(PostingArrays postings, PackedArrays packed, size_t bound)
@@ -624,7 +682,8 @@ ValueError
              py::arg("fwd_values"), py::arg("n"), py::arg("h"), py::arg("window_bits"))
         .def_static("packed", &SegmentIndex::packed, py::arg("offsets"), py::arg("local_ids"), py::arg("post_values"),
                     py::arg("fwd_packed"), py::arg("n"), py::arg("h"), py::arg("window_bits"), py::arg("k"),
-                    py::arg("index_bits"), py::arg("value_bits"), py::arg("has_bias"), R"doc(
+                    py::arg("index_bits"), py::arg("value_bits"), py::arg("has_bias"),
+                    py::arg("index_coding") = "packed", R"doc(
 A SegmentIndex whose forward codes are packed: k (latent, value) entries per row in a fixed number of bytes.
 
 rerank and scan score straight from the packed bytes: score = s * sum_j q_j * projections[q, latent_j]
@@ -637,22 +696,27 @@ offsets, local_ids, post_values, n, h, window_bits
 fwd_packed : (n, row_bytes) uint8, C-contiguous
     Each row: bytes 0-1 the float16 scale s (little-endian); with has_bias, bytes 2-3 the float16 bias weight b;
     then a bitstream read LSB-first (bit t is bit t % 8 of byte header + t // 8, header = 2 + 2 * has_bias).
-    Entry j takes bits j * w to (j + 1) * w - 1, w = index_bits + value_bits: the latent (unsigned, < h), then
-    the value q_j (two's complement). row_bytes >= header + ceil(k * w / 8); later bytes are padding.
-    Entries with q_j = 0 contribute nothing; latents need not be sorted.
+    index_coding "packed": entry j takes bits j * w to (j + 1) * w - 1, w = index_bits + value_bits: the latent
+    (unsigned, < h), then the value q_j (two's complement); latents need not be sorted. Stream bits: k * w.
+    index_coding "ef": the latents x_0 < ... < x_{k-1} Elias-Fano coded with L = max(0, floor(log2(h / k))) low
+    bits: k low parts (x_i & (2^L - 1), L bits each), a bitmap of k + ((h - 1) >> L) + 1 bits with bit
+    (x_i >> L) + i set for each i and no other, then the k values q_i (value_bits each, two's complement).
+    row_bytes >= header + ceil(stream bits / 8); later bytes are padding. Entries with q_j = 0 contribute nothing.
 k : int
-    Entries per row, >= 1.
+    Entries per row, >= 1 (ef: <= h).
 index_bits : int
-    1..32.
+    1..32; ignored with index_coding "ef" (L follows from h and k).
 value_bits : int
     2..16.
 has_bias : bool
+index_coding : {"packed", "ef"}, default "packed"
 
 Raises
 ------
 ValueError
-    Naming the problem: dtype, shape, contiguity, rows, bytes per row, bit widths, a latent >= h (its row and
-    entry) or a scale or bias weight that is not finite.
+    Naming the problem: dtype, shape, contiguity, rows, bytes per row, bit widths, an unknown index_coding, a
+    latent >= h (its row and entry), a scale or bias weight that is not finite; ef rows: a bitmap without exactly
+    k set bits, or latents that do not strictly increase (the row and entry).
 )doc")
         .def("search", &SegmentIndex::search, py::arg("query_indices"), py::arg("query_values"), py::arg("top_k"),
              py::arg("num_threads") = -1, py::arg("allowed") = py::none(), R"doc(
@@ -728,7 +792,10 @@ values : (m,) float32
         .def_property_readonly("n_postings", &SegmentIndex::n_postings, "Postings over all lists: offsets[-1].")
         .def_property_readonly("is_packed", &SegmentIndex::is_packed, "Whether the forward codes are packed rows.")
         .def_property_readonly("row_bytes", &SegmentIndex::row_bytes, "Bytes per packed row; 0 for plain codes.")
-        .def_property_readonly("index_bits", &SegmentIndex::index_bits, "Bits per packed latent; 0 for plain codes.")
+        .def_property_readonly("index_bits", &SegmentIndex::index_bits,
+                               "Bits per packed latent (ef: low bits per latent); 0 for plain codes.")
+        .def_property_readonly("index_coding", &SegmentIndex::index_coding,
+                               "How packed rows code their latents: 'packed' or 'ef'; '' for plain codes.")
         .def_property_readonly("value_bits", &SegmentIndex::value_bits, "Bits per packed value; 0 for plain codes.");
 #ifdef CSAE_VERSION
     m.attr("__version__") = CSAE_VERSION;

@@ -2,6 +2,8 @@
 
 Every function raises ValueError naming the array and the problem when an input has the wrong dtype or shape.
 """
+from typing import Literal
+
 import numpy as np
 from numpy.typing import ArrayLike, NDArray
 
@@ -51,7 +53,7 @@ class SegmentIndex:
     @staticmethod
     def packed(offsets: NDArray[np.int64], local_ids: NDArray[np.uint16], post_values: NDArray[np.float16 | np.float32],
                fwd_packed: NDArray[np.uint8], n: int, h: int, window_bits: int, k: int, index_bits: int,
-               value_bits: int, has_bias: bool) -> SegmentIndex:
+               value_bits: int, has_bias: bool, index_coding: Literal["packed", "ef"] = "packed") -> SegmentIndex:
         """A SegmentIndex whose forward codes are packed: k (latent, value) entries per row in a fixed number of bytes.
 
         rerank and scan score straight from the packed bytes: score = s * sum_j q_j * projections[q, latent_j]
@@ -64,22 +66,29 @@ class SegmentIndex:
         fwd_packed : (n, row_bytes) uint8, C-contiguous
             Each row: bytes 0-1 the float16 scale s (little-endian); with has_bias, bytes 2-3 the float16 bias weight
             b; then a bitstream read LSB-first (bit t is bit t % 8 of byte header + t // 8, header = 2 + 2 * has_bias).
-            Entry j takes bits j * w to (j + 1) * w - 1, w = index_bits + value_bits: the latent (unsigned, < h),
-            then the value q_j (two's complement). row_bytes >= header + ceil(k * w / 8); later bytes are padding.
-            Entries with q_j = 0 contribute nothing; latents need not be sorted.
+            index_coding "packed": entry j takes bits j * w to (j + 1) * w - 1, w = index_bits + value_bits: the
+            latent (unsigned, < h), then the value q_j (two's complement); latents need not be sorted. Stream bits:
+            k * w.
+            index_coding "ef": the latents x_0 < ... < x_{k-1} Elias-Fano coded with L = max(0, floor(log2(h / k)))
+            low bits: k low parts (x_i & (2^L - 1), L bits each), a bitmap of k + ((h - 1) >> L) + 1 bits with bit
+            (x_i >> L) + i set for each i and no other, then the k values q_i (value_bits each, two's complement).
+            row_bytes >= header + ceil(stream bits / 8); later bytes are padding. Entries with q_j = 0 contribute
+            nothing.
         k : int
-            Entries per row, >= 1.
+            Entries per row, >= 1 (ef: <= h).
         index_bits : int
-            1..32.
+            1..32; ignored with index_coding "ef" (L follows from h and k).
         value_bits : int
             2..16.
         has_bias : bool
+        index_coding : {"packed", "ef"}, default "packed"
 
         Raises
         ------
         ValueError
-            Naming the problem: dtype, shape, contiguity, rows, bytes per row, bit widths, a latent >= h (its row and
-            entry) or a scale or bias weight that is not finite.
+            Naming the problem: dtype, shape, contiguity, rows, bytes per row, bit widths, an unknown index_coding,
+            a latent >= h (its row and entry), a scale or bias weight that is not finite; ef rows: a bitmap without
+            exactly k set bits, or latents that do not strictly increase (the row and entry).
         """
 
     def search(self, query_indices: ArrayLike, query_values: ArrayLike, top_k: int, num_threads: int = -1,
@@ -167,7 +176,10 @@ class SegmentIndex:
         """Bytes per packed row; 0 for plain codes."""
     @property
     def index_bits(self) -> int:
-        """Bits per packed latent; 0 for plain codes."""
+        """Bits per packed latent (ef: low bits per latent); 0 for plain codes."""
+    @property
+    def index_coding(self) -> str:
+        """How packed rows code their latents: 'packed' or 'ef'; '' for plain codes."""
     @property
     def value_bits(self) -> int:
         """Bits per packed value; 0 for plain codes."""

@@ -196,7 +196,8 @@ def load_codes(path):
         with open(path, "rb") as fh, np.load(fh, allow_pickle=False) as f:
             version = int(f["format_version"]) if "format_version" in f.files else None
             if version == COMPACT_FORMAT_VERSION:
-                return CompactCodes(f["packed"], int(f["h"]), int(f["k"]), int(f["value_bits"]))
+                coding = str(f["index_coding"]) if "index_coding" in f.files else "packed"  # written before ef
+                return CompactCodes(f["packed"], int(f["h"]), int(f["k"]), int(f["value_bits"]), coding)
             missing = {"indices", "values", "h", "format_version"} - set(f.files)
             if missing:
                 raise ValueError(f"missing arrays {sorted(missing)}")

@@ -69,7 +69,7 @@ class Engine:
         return cls(model, num_threads=num_threads).build_codes(codes, ids, prune=prune)
 
     def build(self, X, ids=None, *, bytes_per_item: int | None = None, value_bits: int | None = None,
-              index_terms: int | None = None, batch_size: int = 8192, prune: float | None = None,
+              index_coding: str | None = None, index_terms: int | None = None, batch_size: int = 8192, prune: float | None = None,
               shard_size: int | None = None, directory=None, progress: bool | None = None) -> "Engine":
         """Encode the rows of X and index them.
 
@@ -83,6 +83,9 @@ class Engine:
             refitted, quantised entries as fit) for dense mode; default: the model's k entries, float16 values.
         value_bits : int, optional
             Bits per value of compact codes (default DEFAULT_VALUE_BITS).
+        index_coding : {"packed", "ef"}, optional
+            How compact codes store their latents (compact.py; default DEFAULT_INDEX_CODING): fixed-width, or
+            Elias-Fano coded sorted sets, which fit more entries in the same bytes.
         index_terms : int, optional
             The strongest entries of each code that the posting lists hold (sparse mode and the candidates of
             dense mode); default: the model's k, at most the code's entries.
@@ -106,7 +109,8 @@ class Engine:
             shard_size = DEFAULT_SHARD_SIZE
         if shard_size is not None:
             shard_size = positive_int(shard_size, "shard_size")
-        encode = dict(bytes_per_item=bytes_per_item, value_bits=value_bits, batch_size=batch_size)
+        encode = dict(bytes_per_item=bytes_per_item, value_bits=value_bits, index_coding=index_coding,
+                      batch_size=batch_size)
         if directory is None and (shard_size is None or shard_size >= n):
             codes = self.model.encode(X, progress=progress, **encode)
             return self.build_codes(codes, ids, prune=prune, shard_size=shard_size, index_terms=index_terms)
@@ -163,14 +167,18 @@ class Engine:
                        "value_dtype": str(np.dtype(value_dtype)), "shard_size": shard_size,
                        "forward": "packed" if packed else "plain", "index_terms": index_terms,
                        "value_bits": codes.value_bits if packed else None,
+                       "index_coding": codes.index_coding if packed else None,
                        "forward_bias": self.model.decoder_bias is not None}
         self.queries = QueryEncoder(self.model, index_terms)
 
     def _forward(self, codes) -> dict:
         packed = isinstance(codes, CompactCodes)
-        if codes.k != self.config["k"] or packed != (self.config["forward"] == "packed"):
-            raise ValueError(f"codes have k={codes.k} ({type(codes).__name__}), the index stores "
-                             f"{self.config['forward']} codes of k={self.config['k']}")
+        coding = codes.index_coding if packed else None
+        if (codes.k != self.config["k"] or packed != (self.config["forward"] == "packed")
+                or coding != self.config["index_coding"]):
+            raise ValueError(f"codes have k={codes.k} ({type(codes).__name__}, index coding {coding}), the index "
+                             f"stores {self.config['forward']} codes of k={self.config['k']} (index coding "
+                             f"{self.config['index_coding']})")
         return forward_codes(self.model, codes)
 
     def _segment(self, forward: dict, ids, first_id: int = 0) -> Segment:
@@ -194,8 +202,8 @@ class Engine:
         cfg = self.config
         packed = cfg["forward"] == "packed"
         if packed:
-            codes = encode_compact(self.model, X, k=cfg["k"], value_bits=cfg["value_bits"], batch_size=batch_size,
-                                   progress=progress)
+            codes = encode_compact(self.model, X, k=cfg["k"], value_bits=cfg["value_bits"],
+                                   index_coding=cfg["index_coding"], batch_size=batch_size, progress=progress)
         else:
             codes = self.model.encode(X, cfg["k"], batch_size=batch_size, progress=progress)
         forward = self._forward(codes)

@@ -1,6 +1,7 @@
 """csae_engine._core on its own: SegmentIndex against numpy/scipy, its checks, the stub, and the C++ unit tests."""
 import ast
 import gc
+import math
 import re
 import shutil
 import subprocess
@@ -397,7 +398,8 @@ def packed_index(c, rows=None, window_bits=16):
     code_idx, code_val = np.ascontiguousarray(idx[:, :k]), np.ascontiguousarray(val[:, :k])
     off, lid, pv = _core.build_windowed(code_idx, code_val, None, c["h"], window_bits)
     packed = _core.SegmentIndex.packed(off, lid, pv, c["rows"] if rows is None else rows, len(idx), c["h"], window_bits,
-                                       k, c["index_bits"], c["value_bits"], c["has_bias"])
+                                       k, c["index_bits"], c["value_bits"], c["has_bias"],
+                                       c.get("index_coding", "packed"))
     return packed, _core.SegmentIndex(off, lid, pv, idx, val, len(idx), c["h"], window_bits)
 
 
@@ -585,6 +587,200 @@ def test_empty_packed_segment():
     s = _core.SegmentIndex.packed(off, lid, pv, np.zeros((0, 8), np.uint8), 0, 8, 16, 3, 12, 4, False)
     assert (s.n, s.row_bytes, s.forward_width) == (0, 8, 3)
     ids, scores = s.scan(np.ones((1, 8), np.float32), 2)
+    assert (ids == -1).all() and np.isneginf(scores).all()
+
+
+# ---- Elias-Fano coded forward rows: SegmentIndex.packed(..., index_coding="ef") ----
+
+def ef_low(h, k):
+    return max(0, math.floor(math.log2(h / k)))
+
+
+def pack_ef_rows(idx, q, scale, bias, h, value_bits, row_bytes=None, rng=None):
+    """(n, row_bytes) uint8 ef rows: float16 scale, [float16 bias], then, for latents sorted along each row, k low
+    parts (L bits), the bitmap (bit (x_i >> L) + i), k values (two's complement), LSB-first. rng fills padding."""
+    n, k = idx.shape
+    low = ef_low(h, k)
+    map_bits = k + ((h - 1) >> low) + 1
+    bits = []
+    for x, v in zip(idx, q):
+        lows = [(int(xi) >> b) & 1 for xi in x for b in range(low)]
+        bitmap = np.zeros(map_bits, np.uint8)
+        bitmap[[(int(xi) >> low) + i for i, xi in enumerate(x)]] = 1
+        values = [((int(vi) & ((1 << value_bits) - 1)) >> b) & 1 for vi in v for b in range(value_bits)]
+        bits.append(np.concatenate([np.array(lows, np.uint8), bitmap, np.array(values, np.uint8)]))
+    bits = np.stack(bits)
+    header = [np.asarray(scale, "<f2").view(np.uint8).reshape(n, 2)]
+    if bias is not None:
+        header.append(np.asarray(bias, "<f2").view(np.uint8).reshape(n, 2))
+    row_bytes = row_bytes or 2 * len(header) + -(-bits.shape[1] // 8)
+    tail = row_bytes * 8 - 16 * len(header) - bits.shape[1]
+    junk = rng.integers(0, 2, (n, tail), dtype=np.uint8) if rng is not None else np.zeros((n, tail), np.uint8)
+    stream = np.packbits(np.concatenate([bits, junk], 1), axis=1, bitorder="little")
+    return np.ascontiguousarray(np.concatenate(header + [stream], 1))
+
+
+def ef_case(rng, n, k, h, value_bits, has_bias, row_bytes=None):
+    """Random ef rows: sorted distinct latents (h - 1 in row 0, 0 in row 1), extreme values and some q = 0."""
+    idx = np.sort(np.stack([rng.choice(h, k, replace=False) for _ in range(n)]), axis=1)
+    if k < h:
+        idx[0, -1], idx[min(1, n - 1), 0] = h - 1, 0
+        idx = np.array([np.sort(np.unique(row)) if len(np.unique(row)) == k else np.sort(rng.choice(h, k, False))
+                        for row in idx])
+    lo, hi = -(1 << value_bits - 1), (1 << value_bits - 1) - 1
+    q = rng.integers(lo, hi + 1, (n, k))
+    q[rng.random((n, k)) < 0.2] = 0
+    q[0, 0], q[-1, -1] = lo, hi
+    scale = ((rng.random(n) + 0.5) / hi).astype(np.float16)
+    bias = rng.standard_normal(n).astype(np.float16) if has_bias else None
+    rows = pack_ef_rows(idx, q, scale, bias, h, value_bits, row_bytes, rng)
+    return dict(idx=idx, q=q, scale=scale, bias=bias, rows=rows, h=h, k=k, index_bits=0, value_bits=value_bits,
+                has_bias=has_bias, index_coding="ef")
+
+
+def ef_stream_bytes(h, k, vb):
+    low = ef_low(h, k)
+    return -(-(k * low + k + ((h - 1) >> low) + 1 + k * vb) // 8)
+
+
+# (h, k, value_bits): 128 B at h=4096 (k=88, L=5), the compile-time value widths 4 and 8, L = 0 (k = h, and k > h/2),
+# one entry, a bitmap of many 56-bit chunks (k=700), wide values, odd h.
+EF_LAYOUTS = [(4096, 88, 4), (4096, 63, 8), (4096, 1, 4), (4096, 700, 4), (64, 64, 3), (300, 200, 6), (16, 16, 2),
+              (1, 1, 3), (2, 1, 2), (65536, 3, 16), (1000, 7, 5), (100, 13, 16), (257, 5, 8)]
+
+
+@pytest.mark.parametrize("has_bias", [False, True], ids=["no-bias", "bias"])
+@pytest.mark.parametrize("h, k, value_bits", EF_LAYOUTS, ids=[f"h{h}-k{k}-v{v}" for h, k, v in EF_LAYOUTS])
+def test_ef_rerank_and_scan_equal_numpy_and_plain(h, k, value_bits, has_bias):
+    rng = np.random.default_rng(h * 7 + k * 3 + value_bits + has_bias)
+    c = ef_case(rng, 120, k, h, value_bits, has_bias)
+    ef, plain = packed_index(c)
+    row_bytes = 2 + 2 * has_bias + ef_stream_bytes(h, k, value_bits)
+    assert (ef.is_packed, ef.index_coding, ef.row_bytes, ef.index_bits, ef.value_bits) == (
+        True, "ef", row_bytes, ef_low(h, k), value_bits)
+    assert ef.forward_width == plain.forward_width == k + has_bias and plain.index_coding == ""
+    check_packed_queries(c, ef, plain, rng, top_k=min(10, 120))
+    q_idx = rng.choice(h, (2, 4)).astype(np.int64)
+    q_val = rng.standard_normal((2, 4)).astype(np.float32)
+    np.testing.assert_array_equal(ef.search(q_idx, q_val, 7)[0], plain.search(q_idx, q_val, 7)[0])
+
+
+def test_compact_py_writes_the_ef_rows_this_packer_writes():
+    """The engine's rows (compact.py's packer) are the rows the C++ decoder is tested on: one format."""
+    from csae_engine.compact import CompactCodes
+    rng = np.random.default_rng(12)
+    h, k, vb = 4096, 88, 4
+    c = ef_case(rng, 200, k, h, vb, False)
+    codes = CompactCodes.pack(c["idx"][:, ::-1], c["q"][:, ::-1], c["scale"], h, vb, "ef")
+    np.testing.assert_array_equal(codes.packed, c["rows"])
+
+
+@pytest.mark.parametrize("h, k, value_bits", [(4096, 88, 4), (64, 7, 4), (16, 16, 2), (1000, 7, 8)])
+def test_ef_padding_bytes_are_ignored(h, k, value_bits):
+    rng = np.random.default_rng(13)
+    c = ef_case(rng, 150, k, h, value_bits, True, row_bytes=4 + ef_stream_bytes(h, k, value_bits) + 9)
+    ef, plain = packed_index(c)
+    assert ef.row_bytes == 4 + ef_stream_bytes(h, k, value_bits) + 9
+    check_packed_queries(c, ef, plain, rng)
+
+
+@pytest.mark.parametrize("h, k, value_bits, has_bias, n", [
+    (4096, 88, 4, False, 32),  # 2 + 126 = 128 bytes a row, 4096 in all: the file ends on a page boundary
+    (256, 88, 8, True, 7),     # 4 + 126 = 130 bytes
+    (64, 7, 4, False, 128),    # 2 + 8 = 10 bytes
+    (16, 1, 2, False, 4096),   # 2 + 1 = 3 bytes, under one 8-byte read
+    (1000, 5, 16, True, 3),    # 4 + 16 = 20 bytes
+])
+def test_ef_last_value_at_the_end_of_a_memory_map(tmp_path, h, k, value_bits, has_bias, n):
+    rng = np.random.default_rng(k + h)
+    c = ef_case(rng, n, k, h, value_bits, has_bias)
+    row_bytes = c["rows"].shape[1]
+    low = ef_low(h, k)
+    assert (k * (low + 1 + value_bits) + ((h - 1) >> low) + 1) % 8 == 0, "the last value ends at the row's last byte"
+    path = tmp_path / "fwd_packed.bin"
+    c["rows"].tofile(path)
+    rows = np.memmap(path, np.uint8, "r", shape=(n, row_bytes))
+    assert path.stat().st_size == n * row_bytes
+    ef, plain = packed_index(c, rows)
+    check_packed_queries(c, ef, plain, rng, top_k=min(n, 10))
+    ids, scores = ef.rerank(np.ones((1, h + has_bias), np.float32), [[n - 1]], 1)
+    assert ids[0, 0] == n - 1
+    np.testing.assert_allclose(scores[0, 0], packed_scores(c, np.ones((1, h + has_bias)))[0, -1], rtol=1e-5, atol=1e-4)
+
+
+@pytest.fixture(scope="module")
+def good_ef():
+    rng = np.random.default_rng(14)
+    c = ef_case(rng, 300, 5, 40, 4, True)  # L = 3: 15 + 5 + 5 + 20 = 45 bits, 4 + 6 = 10 bytes a row
+    idx, val = plain_forward(c)
+    off, lid, pv = _core.build_windowed(np.ascontiguousarray(idx[:, :5]), np.ascontiguousarray(val[:, :5]), None, 40, 4)
+    arrays = dict(offsets=off, local_ids=lid, post_values=pv, fwd_packed=c["rows"], n=300, h=40, window_bits=4, k=5,
+                  index_bits=0, value_bits=4, has_bias=True, index_coding="ef")
+    return c, arrays
+
+
+def _ef_bit(rows, row, bit):
+    """rows with one stream bit of one row flipped (bit counted from the end of the 4-byte header)."""
+    rows = rows.copy()
+    rows[row, 4 + bit // 8] ^= np.uint8(1 << bit % 8)
+    return rows
+
+
+def _clear_bitmap_bit(latents, low):
+    """A bitmap bit that a row of these latents leaves clear."""
+    used = {(int(x) >> low) + i for i, x in enumerate(latents)}
+    return next(b for b in range(len(latents) + 64) if b not in used)
+
+
+def _ef_repacked(c, row, latents):
+    """The good case's rows with one row's latents replaced, packed as given (not sorted, not checked)."""
+    idx = c["idx"].copy()
+    idx[row] = latents
+    return pack_ef_rows(idx, c["q"], c["scale"], c["bias"], c["h"], c["value_bits"])
+
+
+BAD_EF = [
+    # L = 3: low parts are stream bits 0..14, the bitmap bits 15..24 (bit 15 + (x >> 3) + i), values 25..44
+    ("fwd_packed row 7, the high bitmap holds 4 set bits, expected k = 5", lambda c, g: dict(
+        fwd_packed=_ef_bit(g["fwd_packed"], 7, 15 + (int(c["idx"][7, 0]) >> 3)))),
+    ("fwd_packed row 9, the high bitmap holds 6 set bits, expected k = 5", lambda c, g: dict(
+        fwd_packed=_ef_bit(g["fwd_packed"], 9, 15 + _clear_bitmap_bit(c["idx"][9], 3)))),
+    ("fwd_packed row 3, entry 4: latent 4[0-9] out of range for h=40",
+     lambda c, g: dict(fwd_packed=_ef_repacked(c, 3, [1, 2, 3, 4, 47]))),
+    (r"fwd_packed row 5, entry 2: latent 9 does not exceed entry 1's 9 \(ef latents strictly increase\)",
+     lambda c, g: dict(fwd_packed=_ef_repacked(c, 5, [1, 9, 9, 20, 30]))),
+    (r"fwd_packed row 6, entry 3: latent 10 does not exceed entry 2's 12",
+     lambda c, g: dict(fwd_packed=_ef_repacked(c, 6, [1, 9, 12, 10, 30]))),
+    (r"fwd_packed has 9 bytes per row, k = 5 ef-coded entries over h = 40 with 4-bit values need 10 \(header 4\)",
+     lambda c, g: dict(fwd_packed=np.ascontiguousarray(g["fwd_packed"][:, :9]))),
+    (r"fwd_packed has 10 bytes per row, k = 5 ef-coded entries over h = 40 with 8-bit values need 13",
+     lambda c, g: dict(value_bits=8)),
+    ("k = 41 exceeds h = 40: ef rows hold k distinct latents", lambda c, g: dict(k=41)),
+    ("index_coding must be 'packed' or 'ef', got 'elias'", lambda c, g: dict(index_coding="elias")),
+    (r"fwd_packed row 3: scale is not finite \(inf\)", lambda c, g: dict(fwd_packed=pack_ef_rows(
+        c["idx"], c["q"], _set(c["scale"], 3, np.inf), c["bias"], 40, 4))),
+    (r"fwd_packed row 5: bias_weight is not finite \(nan\)", lambda c, g: dict(fwd_packed=pack_ef_rows(
+        c["idx"], c["q"], c["scale"], _set(c["bias"], 5, np.nan), 40, 4))),
+]
+
+
+@pytest.mark.parametrize("message, make", BAD_EF, ids=[m for m, _ in BAD_EF])
+def test_bad_ef_rows_raise(good_ef, message, make):
+    c, good = good_ef
+    s = _core.SegmentIndex.packed(**good)  # the unchanged arrays are fine
+    assert (s.index_coding, s.index_bits, s.row_bytes) == ("ef", 3, 10)
+    with pytest.raises(ValueError, match=message):
+        _core.SegmentIndex.packed(**{**good, **make(c, good)})
+
+
+def test_ef_with_index_bits_any_and_empty_segment(good_ef):
+    _, good = good_ef
+    s = _core.SegmentIndex.packed(**{**good, "index_bits": 99})  # ignored by ef
+    assert s.index_bits == 3
+    off, lid, pv = _core.build_windowed(np.zeros((0, 3), np.uint16), np.zeros((0, 3), np.float32), None, 8, 16)
+    e = _core.SegmentIndex.packed(off, lid, pv, np.zeros((0, 6), np.uint8), 0, 8, 16, 3, 0, 4, False, "ef")
+    assert (e.n, e.row_bytes, e.forward_width, e.index_coding) == (0, 6, 3, "ef")
+    ids, scores = e.scan(np.ones((1, 8), np.float32), 2)
     assert (ids == -1).all() and np.isneginf(scores).all()
 
 

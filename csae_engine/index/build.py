@@ -9,7 +9,7 @@ import torch
 
 from .. import _core
 from ..codes import index_dtype
-from ..compact import SCALE_BYTES, CompactCodes, index_bits, unpack_entries
+from ..compact import SCALE_BYTES, CompactCodes, index_bits, strongest_first, unpack_entries, unpack_stream
 from .segment import FORWARD_ARRAYS, Segment
 
 __all__ = ["WINDOW_BITS", "forward_codes", "posting_codes", "reconstruction_norms", "make_segment", "merge_segments",
@@ -55,12 +55,18 @@ def forward_codes(model, codes) -> dict:
 
 def posting_codes(forward: dict, config: dict) -> tuple[np.ndarray, np.ndarray]:
     """The strongest config["index_terms"] entries of each item's forward code: (indices (n, m), float32 values),
-    the terms its posting lists hold (values in any scale: posting values are normalised per item)."""
+    the terms its posting lists hold (values in any scale: posting values are normalised per item). Packed rows
+    store their entries strongest first; ef rows store them by latent, so all k are decoded and ordered by |q|."""
     m = config["index_terms"]
     if "fwd_packed" in forward:
         packed = np.asarray(forward["fwd_packed"])
         header = SCALE_BYTES * (1 + bool(config["forward_bias"]))
-        indices, q = unpack_entries(packed[:, header:], m, index_bits(config["h"]), config["value_bits"])
+        if config["index_coding"] == "ef":
+            indices, q = strongest_first(*unpack_stream(packed[:, header:], config["h"], config["k"],
+                                                        config["value_bits"], "ef"))
+            indices, q = indices[:, :m], q[:, :m]
+        else:
+            indices, q = unpack_entries(packed[:, header:], m, index_bits(config["h"]), config["value_bits"])
         scale = np.ascontiguousarray(packed[:, :SCALE_BYTES]).view(np.float16).astype(np.float32)
         return indices, q.astype(np.float32) * scale
     return np.ascontiguousarray(forward["fwd_indices"][:, :m]), np.asarray(forward["fwd_values"][:, :m], np.float32)

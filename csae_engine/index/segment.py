@@ -24,7 +24,8 @@ class Segment:
         (values divided by |x_hat|): ``fwd_indices`` and ``fwd_values``, or ``fwd_packed`` (compact codes,
         cpp/rerank.h), and optionally ``ids`` (int64 user ids).
     config : dict
-        The index's config: h, window_bits, and for packed forward codes k, value_bits and forward_bias.
+        The index's config: h, window_bits, and for packed forward codes k, value_bits, forward_bias and
+        index_coding ("packed" or "ef").
     first_id : int
         Without ``ids``, row r has user id first_id + r.
     live : np.ndarray or None
@@ -45,7 +46,7 @@ class Segment:
         if packed:
             self.index = _core.SegmentIndex.packed(*postings, arrays["fwd_packed"], self.n, h, window_bits,
                                                    config["k"], index_bits(h), config["value_bits"],
-                                                   bool(config["forward_bias"]))
+                                                   bool(config["forward_bias"]), config["index_coding"])
         else:
             self.index = _core.SegmentIndex(*postings, arrays["fwd_indices"], arrays["fwd_values"], self.n, h,
                                             window_bits)

@@ -20,12 +20,12 @@ from .segment import ARRAYS, FORWARD_ARRAYS, Segment
 
 __all__ = ["INDEX_FORMAT_VERSION", "CONFIG_KEYS", "IndexWriter", "read_manifest", "load_segments", "sha256"]
 
-INDEX_FORMAT_VERSION = 4  # 3: posting lists in latent-major order; 4: packed forward codes (reads 3 too)
-READS_VERSIONS = (3, 4)
+INDEX_FORMAT_VERSION = 5  # 3: posting lists in latent-major order; 4: packed forward codes; 5: index_coding
+READS_VERSIONS = (3, 4, 5)
 FORMAT_NAME = "csae-engine index"
 MODEL_FILE = "model.csae"
 CONFIG_KEYS = ("h", "k", "window_bits", "prune", "value_dtype", "shard_size", "forward", "index_terms", "value_bits",
-               "forward_bias")
+               "forward_bias", "index_coding")
 
 
 class IndexWriter:
@@ -113,6 +113,8 @@ def read_manifest(path, verify: bool) -> tuple[dict, Path]:
     if manifest["format_version"] == 3:  # plain forward codes; its posting lists hold every term
         manifest = {**manifest, "forward": "plain", "index_terms": manifest["k"], "value_bits": None,
                     "forward_bias": None}
+    if manifest["format_version"] <= 4:  # packed forward codes were fixed-width
+        manifest = {**manifest, "index_coding": "packed" if manifest["forward"] == "packed" else None}
     _check_file(path / MODEL_FILE, manifest["model_file_sha256"], verify)
     return manifest, path / MODEL_FILE
 

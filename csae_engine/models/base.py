@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import kernels
+from ..compact import DEFAULT_INDEX_CODING
 from ..data import as_matrix
 from ..utils import positive_int
 from .encoding import DEFAULT_VALUE_BITS, decode_codes, encode_compact, encode_rows
@@ -282,7 +283,7 @@ class TopKSAE(torch.nn.Module, abc.ABC):
 
     # numpy-level API
     def encode(self, X, k: int | None = None, *, bytes_per_item: int | None = None, value_bits: int | None = None,
-               refit: bool | None = None, batch_size: int = 8192, value_dtype=np.float16,
+               index_coding: str | None = None, refit: bool | None = None, batch_size: int = 8192, value_dtype=np.float16,
                progress: bool | None = None):
         """Codes of the rows of X; rows are L2-normalised first.
 
@@ -302,6 +303,11 @@ class TopKSAE(torch.nn.Module, abc.ABC):
             A byte budget per item: returns CompactCodes with as many entries as fit (k must be None).
         value_bits : int, optional
             Bits per value of CompactCodes (2..16; default DEFAULT_VALUE_BITS).
+        index_coding : {"packed", "ef"}, optional
+            How CompactCodes store their latents (default DEFAULT_INDEX_CODING): "packed", ceil(log2 h) bits
+            each, entries strongest first; "ef", the sorted set Elias-Fano coded (about log2(h / k) + 2 bits
+            each, so more entries fit the budget), entries in increasing latent order (unpack_strongest gives
+            them strongest first).
         refit : bool, optional
             Replace the encoder's values by the least-squares values on the same latents (ValueRefit: never a
             worse reconstruction; signed models only). Default: on for CompactCodes, off for SparseCodes.
@@ -322,14 +328,15 @@ class TopKSAE(torch.nn.Module, abc.ABC):
             refit on non-negative codes, or bad rows in X (named by row).
         """
         if bytes_per_item is None:
-            if value_bits is not None:
-                raise ValueError("value_bits applies to compact codes: give bytes_per_item too")
+            if value_bits is not None or index_coding is not None:
+                raise ValueError("value_bits and index_coding apply to compact codes: give bytes_per_item too")
             return encode_rows(self, X, k, batch_size=batch_size, value_dtype=value_dtype, progress=progress,
                                refit=bool(refit))
         if k is not None:
             raise ValueError("give k or bytes_per_item, not both: a byte budget sets k")
         return encode_compact(self, X, bytes_per_item, value_bits=DEFAULT_VALUE_BITS if value_bits is None else
-                              value_bits, batch_size=batch_size, progress=progress, refit=refit is not False)
+                              value_bits, index_coding=DEFAULT_INDEX_CODING if index_coding is None else
+                              index_coding, batch_size=batch_size, progress=progress, refit=refit is not False)
 
     def decode(self, codes, *, batch_size: int = 65536) -> np.ndarray:
         """Reconstructions of SparseCodes or CompactCodes (quantised values are dequantised).

@@ -6,7 +6,7 @@ import torch
 
 from .. import kernels
 from ..codes import QUANTIZED_DTYPES, VALUE_DTYPES, SparseCodes, quantize_rows
-from ..compact import CompactCodes, compact_k, quantize_values
+from ..compact import DEFAULT_INDEX_CODING, CompactCodes, check_index_coding, compact_k, quantize_values
 from ..data import iter_batches
 from ..utils import positive_int, progress_bar
 
@@ -112,14 +112,16 @@ def encode_rows(model, X, k: int | None = None, *, batch_size: int = 8192, value
 
 @torch.no_grad()
 def encode_compact(model, X, bytes_per_item: int | None = None, *, k: int | None = None,
-                   value_bits: int = DEFAULT_VALUE_BITS, batch_size: int = 8192, progress: bool | None = None,
-                   refit: bool = True) -> CompactCodes:
+                   value_bits: int = DEFAULT_VALUE_BITS, index_coding: str = DEFAULT_INDEX_CODING,
+                   batch_size: int = 8192, progress: bool | None = None, refit: bool = True) -> CompactCodes:
     """CompactCodes of the rows of X: k entries, or the most that fit bytes_per_item bytes per item
-    (compact.compact_k); values refitted by least squares (refit=True), then quantised to value_bits bits."""
+    (compact.compact_k, which depends on index_coding); values refitted by least squares (refit=True), then
+    quantised to value_bits bits."""
     if (k is None) == (bytes_per_item is None):
         raise ValueError("give k or bytes_per_item (which sets k), not both")
+    check_index_coding(index_coding)
     if k is None:
-        k = compact_k(model.h, bytes_per_item, value_bits)
+        k = compact_k(model.h, bytes_per_item, value_bits, index_coding)
     kernels.reference.check_k(k, model.h)
     n = model.check_input(X).shape[0]
     indices = np.zeros((n, k), np.int64)
@@ -128,7 +130,7 @@ def encode_compact(model, X, bytes_per_item: int | None = None, *, k: int | None
     for rows, idx, val in _encoded_batches(model, X, k, batch_size, progress, refit):
         indices[rows] = idx
         q[rows], scales[rows] = quantize_values(val, value_bits)
-    return CompactCodes.pack(indices, q, scales, model.h, value_bits)
+    return CompactCodes.pack(indices, q, scales, model.h, value_bits, index_coding)
 
 
 @torch.no_grad()
