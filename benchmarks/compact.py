@@ -1,6 +1,6 @@
 """Compact codes against float16 codes at equal bytes, for one trained model: recall of dense mode and the index size.
 
-    python -m benchmarks.compact --model wordnet.csae                       # 128 and 64 B, 4 and 5-bit values
+    python -m benchmarks.compact --model wordnet.csae          # 128 and 64 B, packed and ef indices, 4 and 5-bit values
     python -m benchmarks.compact --model M --budgets 96 128 --value-bits 4 --queries 10000
 
 recall@10 against the exact dense top 10 (gt_top100.npy) over every item ("dense all") and over the sparse mode's
@@ -10,8 +10,6 @@ comparison with PQ, OPQ and RaBitQ is `csae bench` (benchmarks/compare.py).
 import argparse
 import sys
 import time
-
-import numpy as np
 
 import csae_engine as ce
 from csae_engine import datasets
@@ -26,6 +24,7 @@ def main(argv=None) -> None:
     p.add_argument("--data", default=str(SHARED_WORDNET), help="dataset folder with docs, queries, gt_top100")
     p.add_argument("--budgets", type=int, nargs="+", default=[128, 64])
     p.add_argument("--value-bits", type=int, nargs="+", default=[4, 5])
+    p.add_argument("--codings", nargs="+", default=["packed", "ef"], help="index codings of compact codes")
     p.add_argument("--queries", type=int, default=2000, help="the first this many queries")
     p.add_argument("--candidates", type=int, default=1000)
     a = p.parse_args(argv)
@@ -48,10 +47,12 @@ def main(argv=None) -> None:
     plain = ce.Engine(model).build(ds.docs)
     measure(f"float16, k={model.k}", plain, time.perf_counter() - t, ("fwd_indices", "fwd_values"))
     for budget in a.budgets:
-        for bits in a.value_bits:
-            t = time.perf_counter()
-            engine = ce.Engine(model).build(ds.docs, bytes_per_item=budget, value_bits=bits)
-            measure(f"compact {budget} B, {bits}-bit values", engine, time.perf_counter() - t, ("fwd_packed",))
+        for coding in a.codings:
+            for bits in a.value_bits:
+                t = time.perf_counter()
+                engine = ce.Engine(model).build(ds.docs, bytes_per_item=budget, value_bits=bits, index_coding=coding)
+                measure(f"compact {budget} B, {coding} indices, {bits}-bit values", engine, time.perf_counter() - t,
+                        ("fwd_packed",))
     cfg = {"model": a.model, "h": model.h, "k": model.k, "data": ds.name, "queries": len(Q),
            "candidates": a.candidates}
     md = (f"{len(ds.docs)} items, h={model.h}, model k={model.k}, {len(Q)} queries; recall@10 against the exact "

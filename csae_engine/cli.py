@@ -52,7 +52,8 @@ def _encode(a) -> None:
     from .models import load_model
     model = load_model(a.model, device=a.device or "cpu")
     if a.bytes_per_item is not None:
-        codes = model.encode(a.items, k=a.k, bytes_per_item=a.bytes_per_item, value_bits=a.value_bits, progress=True)
+        codes = model.encode(a.items, k=a.k, bytes_per_item=a.bytes_per_item, value_bits=a.value_bits,
+                             index_coding=a.index_coding, progress=True)
     else:
         codes = model.encode(a.items, k=a.k, value_dtype=a.values, progress=True)
     codes.save(a.output)
@@ -66,7 +67,8 @@ def _build(a) -> None:
     ids = np.load(a.ids, allow_pickle=False) if a.ids else None
     t = time.perf_counter()
     engine = Engine(model, num_threads=a.threads).build(a.items, ids=ids, bytes_per_item=a.bytes_per_item,
-                                                        value_bits=a.value_bits, index_terms=a.index_terms,
+                                                        value_bits=a.value_bits, index_coding=a.index_coding,
+                                                        index_terms=a.index_terms,
                                                         prune=a.prune, shard_size=a.shard_size, directory=a.output,
                                                         progress=True)
     print(f"indexed {len(engine)} items in {time.perf_counter() - t:.1f} s, "
@@ -131,11 +133,16 @@ def _demo(a) -> None:
 
 def add_compact_options(parser: argparse.ArgumentParser) -> None:
     """--bytes-per-item and --value-bits: compact codes (csae_engine/compact.py)."""
+    from .compact import DEFAULT_INDEX_CODING, INDEX_CODINGS
     from .models.encoding import DEFAULT_VALUE_BITS
     parser.add_argument("--bytes-per-item", type=int, default=None,
                         help="compact codes of this many bytes per item: as many refitted entries as fit "
                              "(default: the model's k entries, float16 values)")
-    parser.add_argument("--value-bits", type=int, default=None, help=f"bits per compact value (default {DEFAULT_VALUE_BITS})")
+    parser.add_argument("--value-bits", type=int, default=None,
+                        help=f"bits per compact value (default {DEFAULT_VALUE_BITS})")
+    parser.add_argument("--index-coding", choices=INDEX_CODINGS, default=None,
+                        help=f"compact latent indices: packed (fixed width, fastest) or ef (Elias-Fano: more entries "
+                             f"per byte, slower to score); default {DEFAULT_INDEX_CODING}")
 
 
 def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> None:

@@ -30,7 +30,8 @@ from .utils import positive_int
 
 __all__ = ["CompactCodes", "compact_k", "index_bits", "ef_low_bits", "stream_bits", "quantize_values", "pack_entries",
            "unpack_entries", "pack_ef", "unpack_ef", "pack_stream", "unpack_stream", "strongest_first",
-           "stream_bytes", "check_index_coding", "SCALE_BYTES", "COMPACT_FORMAT_VERSION", "INDEX_CODINGS", "DEFAULT_INDEX_CODING"]
+           "stream_bytes", "check_index_coding", "SCALE_BYTES", "COMPACT_FORMAT_VERSION", "INDEX_CODINGS",
+           "DEFAULT_INDEX_CODING"]
 
 SCALE_BYTES = 2  # the float16 row scale
 COMPACT_FORMAT_VERSION = 3  # the codes file format version of compact codes (codes.py writes 1 and 2)

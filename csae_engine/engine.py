@@ -69,8 +69,9 @@ class Engine:
         return cls(model, num_threads=num_threads).build_codes(codes, ids, prune=prune)
 
     def build(self, X, ids=None, *, bytes_per_item: int | None = None, value_bits: int | None = None,
-              index_coding: str | None = None, index_terms: int | None = None, batch_size: int = 8192, prune: float | None = None,
-              shard_size: int | None = None, directory=None, progress: bool | None = None) -> "Engine":
+              index_coding: str | None = None, index_terms: int | None = None, batch_size: int = 8192,
+              prune: float | None = None, shard_size: int | None = None, directory=None,
+              progress: bool | None = None) -> "Engine":
         """Encode the rows of X and index them.
 
         Parameters

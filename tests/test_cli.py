@@ -134,3 +134,14 @@ def test_compact_codes_from_the_shell(tmp_path):
     assert engine.config["forward"] == "packed" and engine.config["index_terms"] == 3
     assert main(["encode", str(tmp_path / "m.csae"), str(tmp_path / "items.npy"), "-o", str(tmp_path / "c.npz"),
                  "--bytes-per-item", "2"]) == 2, "a budget too small for one entry is a user error"
+
+
+def test_elias_fano_codes_from_the_shell(tmp_path):
+    X = np.random.default_rng(4).standard_normal((200, 8)).astype(np.float32)
+    np.save(tmp_path / "items.npy", X)
+    assert main(["train", str(tmp_path / "items.npy"), "-o", str(tmp_path / "m.csae"), "--h", "64", "--k", "4",
+                 "--steps", "5"]) == 0
+    assert main(["build", str(tmp_path / "m.csae"), str(tmp_path / "items.npy"), "-o", str(tmp_path / "index"),
+                 "--bytes-per-item", "24", "--index-coding", "ef"]) == 0
+    engine = ce.Engine.load(tmp_path / "index")
+    assert engine.config["index_coding"] == "ef" and engine.config["k"] > 4

@@ -283,8 +283,8 @@ class TopKSAE(torch.nn.Module, abc.ABC):
 
     # numpy-level API
     def encode(self, X, k: int | None = None, *, bytes_per_item: int | None = None, value_bits: int | None = None,
-               index_coding: str | None = None, refit: bool | None = None, batch_size: int = 8192, value_dtype=np.float16,
-               progress: bool | None = None):
+               index_coding: str | None = None, refit: bool | None = None, batch_size: int = 8192,
+               value_dtype=np.float16, progress: bool | None = None):
         """Codes of the rows of X; rows are L2-normalised first.
 
         Two kinds: SparseCodes of k entries (the default: k = the model's k, float16 values), or, with a byte
