@@ -6,14 +6,17 @@
 #include <pybind11/pybind11.h>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <variant>
 #include <vector>
 
 #include "half.h"
 #include "index.h"
+#include "packed.h"
 #include "postings.h"
 #include "rerank.h"
 #include "scorer.h"
@@ -326,6 +329,89 @@ struct ForwardArrays {
     }
 };
 
+// A type passed as a value, to pick a template instantiation inside a generic lambda.
+template <class T>
+struct Type {
+    using type = T;
+};
+
+// Packed forward codes (packed.h): an (n, row_bytes) uint8 array, each row a float16 scale, a float16 bias weight
+// when has_bias, and k (latent, value) entries of index_bits + value_bits bits. Held like ForwardArrays; the
+// constructor checks the shape and widths, check_contents (no GIL) every latent and scale.
+struct PackedArrays {
+    py::array packed;
+    size_t rows = 0, row_bytes = 0, k = 0, h = 0;
+    unsigned index_bits = 0, value_bits = 0;
+    bool has_bias = false;
+
+    PackedArrays(py::array packed_in, size_t n, size_t h_, int64_t k_, int64_t ib, int64_t vb, bool bias)
+        : packed(std::move(packed_in)), h(h_), has_bias(bias) {
+        if (ib < 1 || ib > 32) throw std::invalid_argument("index_bits must be in 1..32, got " + std::to_string(ib));
+        if (vb < 2 || vb > 16) throw std::invalid_argument("value_bits must be in 2..16, got " + std::to_string(vb));
+        if (k_ < 1) throw std::invalid_argument("k must be positive, got " + std::to_string(k_));
+        index_bits = static_cast<unsigned>(ib), value_bits = static_cast<unsigned>(vb), k = static_cast<size_t>(k_);
+        if (packed.ndim() != 2)
+            throw std::invalid_argument("fwd_packed must be 2-D (n, row_bytes), got " + std::to_string(packed.ndim()) + "-D");
+        exact<uint8_t>(packed, "fwd_packed");
+        rows = static_cast<size_t>(packed.shape(0)), row_bytes = static_cast<size_t>(packed.shape(1));
+        if (rows != n)
+            throw std::invalid_argument("fwd_packed has " + std::to_string(rows) + " rows, expected n = " + std::to_string(n));
+        const size_t header = has_bias ? 4 : 2, bits = static_cast<size_t>(k_) * (index_bits + value_bits);
+        if (bits >= (size_t{1} << 31))  // stream bit offsets are 32-bit
+            throw std::invalid_argument("k = " + std::to_string(k) + " entries do not fit a row (2^31 bits at most)");
+        const size_t need = header + (bits + 7) / 8;
+        if (row_bytes < need)
+            throw std::invalid_argument("fwd_packed has " + std::to_string(row_bytes) + " bytes per row, k = " +
+                                        std::to_string(k) + " entries of " + std::to_string(index_bits) + " + " +
+                                        std::to_string(value_bits) + " bits need " + std::to_string(need) +
+                                        " (header " + std::to_string(header) + ")");
+    }
+
+    size_t n() const { return rows; }
+    size_t width() const { return k + has_bias; }        // the plain format's columns: k, and the bias column
+    size_t index_bound() const { return h + has_bias; }  // projections need the bias column h too
+
+    // Calls fn(PackedCodes<IB, VB>) with compile-time widths for the common layouts, PackedCodes<> otherwise.
+    template <class Fn>
+    void with_codes(Fn fn) const {
+        const auto* data = static_cast<const uint8_t*>(packed.data());
+        auto codes = [&](auto tag) {
+            using Codes = typename decltype(tag)::type;
+            fn(Codes(data, rows, row_bytes, k, index_bits, value_bits, has_bias, h));
+        };
+        const unsigned ib = index_bits, vb = value_bits;
+        if (ib == 12 && vb == 4) return codes(Type<csae::PackedCodes<12, 4>>{});
+        if (ib == 12 && vb == 8) return codes(Type<csae::PackedCodes<12, 8>>{});
+        if (ib == 12 && vb == 6) return codes(Type<csae::PackedCodes<12, 6>>{});
+        if (ib == 13 && vb == 4) return codes(Type<csae::PackedCodes<13, 4>>{});
+        return codes(Type<csae::PackedCodes<>>{});
+    }
+
+    // Every latent below h and every scale (and bias weight) finite: O(n k), reporting the first bad row and entry.
+    // Call without the GIL.
+    void check_contents() const {
+        const csae::PackedCodes<> fc(static_cast<const uint8_t*>(packed.data()), rows, row_bytes, k, index_bits,
+                                     value_bits, has_bias, h);
+        for (size_t i = 0; i < rows; ++i) {
+            const int64_t item = static_cast<int64_t>(i);
+            if (!std::isfinite(fc.scale(item)))
+                throw std::invalid_argument("fwd_packed row " + std::to_string(i) + ": scale is not finite (" +
+                                            std::to_string(fc.scale(item)) + ")");
+            if (!std::isfinite(fc.bias_weight(item)))
+                throw std::invalid_argument("fwd_packed row " + std::to_string(i) + ": bias_weight is not finite (" +
+                                            std::to_string(fc.bias_weight(item)) + ")");
+            for (size_t j = 0; j < k; ++j)
+                if (fc.index(item, j) >= h)
+                    throw std::invalid_argument("fwd_packed row " + std::to_string(i) + ", entry " + std::to_string(j) +
+                                                ": latent " + std::to_string(fc.index(item, j)) +
+                                                " out of range for h=" + std::to_string(h));
+        }
+    }
+};
+
+// The forward store of a segment: plain (indices, values) or packed rows; the query paths take either.
+using ForwardStore = std::variant<ForwardArrays, PackedArrays>;
+
 // ---- queries, shared by SegmentIndex and the free functions ----
 
 py::tuple sparse_query(const PostingArrays& pa, const Int64Array& q_lat, const FloatArray& q_val, int64_t top_k,
@@ -356,7 +442,9 @@ void check_projections(const FloatArray& P, size_t index_bound) {
                                     " columns, the forward codes need " + std::to_string(index_bound));
 }
 
-py::tuple rerank_query(const ForwardArrays& fa, size_t index_bound, const FloatArray& P, const Int64Array& cand,
+// Forward: ForwardArrays or PackedArrays (n() and with_codes).
+template <class Forward>
+py::tuple rerank_query(const Forward& fa, size_t index_bound, const FloatArray& P, const Int64Array& cand,
                        int64_t top_k, int num_threads) {
     check_projections(P, index_bound);
     require_2d(cand, "candidates");
@@ -372,7 +460,8 @@ py::tuple rerank_query(const ForwardArrays& fa, size_t index_bound, const FloatA
     return out.tuple();
 }
 
-py::tuple scan_query(const ForwardArrays& fa, size_t index_bound, const FloatArray& P, int64_t top_k,
+template <class Forward>
+py::tuple scan_query(const Forward& fa, size_t index_bound, const FloatArray& P, int64_t top_k,
                      int num_threads, const py::object& allowed_in) {
     check_projections(P, index_bound);
     const size_t nq = P.shape(0), h = P.shape(1);
@@ -396,13 +485,30 @@ class SegmentIndex {
     SegmentIndex(py::array offsets, py::array local_ids, py::array post_values, py::array fwd_indices,
                  py::array fwd_values, int64_t n, int64_t h, int64_t window_bits)
         : postings_(std::move(offsets), std::move(local_ids), std::move(post_values), n, h, window_bits, "post_values"),
-          forward_(std::move(fwd_indices), std::move(fwd_values), "fwd_indices", "fwd_values") {
-        if (forward_.n() != postings_.n)
-            throw std::invalid_argument("fwd_indices has " + std::to_string(forward_.n()) + " rows, expected n = " +
+          forward_(ForwardArrays(std::move(fwd_indices), std::move(fwd_values), "fwd_indices", "fwd_values")) {
+        const auto& fa = std::get<ForwardArrays>(forward_);
+        if (fa.n() != postings_.n)
+            throw std::invalid_argument("fwd_indices has " + std::to_string(fa.n()) + " rows, expected n = " +
                                         std::to_string(postings_.n));
         py::gil_scoped_release release;
         postings_.check_contents();
-        forward_bound_ = forward_.index_bound();
+        forward_bound_ = fa.index_bound();
+    }
+
+    // The same segment with packed forward codes (PackedArrays).
+    static SegmentIndex packed(py::array offsets, py::array local_ids, py::array post_values, py::array fwd_packed,
+                               int64_t n, int64_t h, int64_t window_bits, int64_t k, int64_t index_bits,
+                               int64_t value_bits, bool has_bias) {
+        PostingArrays postings(std::move(offsets), std::move(local_ids), std::move(post_values), n, h, window_bits,
+                               "post_values");
+        PackedArrays packed(std::move(fwd_packed), postings.n, postings.h, k, index_bits, value_bits, has_bias);
+        {
+            py::gil_scoped_release release;
+            postings.check_contents();
+            packed.check_contents();
+        }
+        const size_t bound = packed.index_bound();
+        return SegmentIndex(std::move(postings), std::move(packed), bound);
     }
 
     py::tuple search(const Int64Array& q_lat, const FloatArray& q_val, int64_t top_k, int num_threads,
@@ -411,11 +517,13 @@ class SegmentIndex {
     }
 
     py::tuple rerank(const FloatArray& P, const Int64Array& candidates, int64_t top_k, int num_threads) const {
-        return rerank_query(forward_, forward_bound_, P, candidates, top_k, num_threads);
+        return std::visit([&](const auto& fa) { return rerank_query(fa, forward_bound_, P, candidates, top_k, num_threads); },
+                          forward_);
     }
 
     py::tuple scan(const FloatArray& P, int64_t top_k, int num_threads, const py::object& allowed) const {
-        return scan_query(forward_, forward_bound_, P, top_k, num_threads, allowed);
+        return std::visit([&](const auto& fa) { return scan_query(fa, forward_bound_, P, top_k, num_threads, allowed); },
+                          forward_);
     }
 
     // Every posting of window w in latent order: (rows within the window, latents, values as float32).
@@ -452,16 +560,23 @@ class SegmentIndex {
     size_t h() const { return postings_.h; }
     size_t window_bits() const { return postings_.window_bits; }
     size_t n_windows() const { return postings_.n_windows; }
-    size_t forward_width() const { return forward_.width(); }
+    size_t forward_width() const { return std::visit([](const auto& fa) { return fa.width(); }, forward_); }
     size_t n_postings() const { return postings_.n_postings(); }
+    bool is_packed() const { return std::holds_alternative<PackedArrays>(forward_); }
+    size_t row_bytes() const { return is_packed() ? std::get<PackedArrays>(forward_).row_bytes : 0; }
+    size_t index_bits() const { return is_packed() ? std::get<PackedArrays>(forward_).index_bits : 0; }
+    size_t value_bits() const { return is_packed() ? std::get<PackedArrays>(forward_).value_bits : 0; }
 
   private:
+    SegmentIndex(PostingArrays postings, PackedArrays packed, size_t bound)
+        : postings_(std::move(postings)), forward_(std::move(packed)), forward_bound_(bound) {}
+
     static float value_as_float(float v) { return v; }
     static float value_as_float(uint16_t bits) { return csae::half_to_float(bits); }
 
     PostingArrays postings_;
-    ForwardArrays forward_;
-    size_t forward_bound_ = 0;  // one more than the largest forward index
+    ForwardStore forward_;
+    size_t forward_bound_ = 0;  // the columns projections need: the largest forward index + 1, or h + has_bias
 };
 
 }  // namespace
@@ -507,6 +622,38 @@ ValueError
         .def(py::init<py::array, py::array, py::array, py::array, py::array, int64_t, int64_t, int64_t>(),
              py::arg("offsets"), py::arg("local_ids"), py::arg("post_values"), py::arg("fwd_indices"),
              py::arg("fwd_values"), py::arg("n"), py::arg("h"), py::arg("window_bits"))
+        .def_static("packed", &SegmentIndex::packed, py::arg("offsets"), py::arg("local_ids"), py::arg("post_values"),
+                    py::arg("fwd_packed"), py::arg("n"), py::arg("h"), py::arg("window_bits"), py::arg("k"),
+                    py::arg("index_bits"), py::arg("value_bits"), py::arg("has_bias"), R"doc(
+A SegmentIndex whose forward codes are packed: k (latent, value) entries per row in a fixed number of bytes.
+
+rerank and scan score straight from the packed bytes: score = s * sum_j q_j * projections[q, latent_j]
++ b * projections[q, h] (the b term only with has_bias), so projections need h + has_bias columns.
+
+Parameters
+----------
+offsets, local_ids, post_values, n, h, window_bits
+    The posting lists, as for SegmentIndex.
+fwd_packed : (n, row_bytes) uint8, C-contiguous
+    Each row: bytes 0-1 the float16 scale s (little-endian); with has_bias, bytes 2-3 the float16 bias weight b;
+    then a bitstream read LSB-first (bit t is bit t % 8 of byte header + t // 8, header = 2 + 2 * has_bias).
+    Entry j takes bits j * w to (j + 1) * w - 1, w = index_bits + value_bits: the latent (unsigned, < h), then
+    the value q_j (two's complement). row_bytes >= header + ceil(k * w / 8); later bytes are padding.
+    Entries with q_j = 0 contribute nothing; latents need not be sorted.
+k : int
+    Entries per row, >= 1.
+index_bits : int
+    1..32.
+value_bits : int
+    2..16.
+has_bias : bool
+
+Raises
+------
+ValueError
+    Naming the problem: dtype, shape, contiguity, rows, bytes per row, bit widths, a latent >= h (its row and
+    entry) or a scale or bias weight that is not finite.
+)doc")
         .def("search", &SegmentIndex::search, py::arg("query_indices"), py::arg("query_values"), py::arg("top_k"),
              py::arg("num_threads") = -1, py::arg("allowed") = py::none(), R"doc(
 Exact top-k rows by the dot product of sparse queries with the posting lists.
@@ -531,7 +678,8 @@ scores : (nq, top_k) float32
 )doc")
         .def("rerank", &SegmentIndex::rerank, py::arg("projections"), py::arg("candidates"), py::arg("top_k"),
              py::arg("num_threads") = -1, R"doc(
-Top-k of candidate rows by the forward codes: score = sum_j fwd_values[i, j] * projections[q, fwd_indices[i, j]].
+Top-k of candidate rows by the forward codes: score = sum_j fwd_values[i, j] * projections[q, fwd_indices[i, j]]
+(packed codes: the score given under SegmentIndex.packed).
 
 Parameters
 ----------
@@ -575,8 +723,13 @@ values : (m,) float32
         .def_property_readonly("h", &SegmentIndex::h, "Latents.")
         .def_property_readonly("window_bits", &SegmentIndex::window_bits, "Windows hold 2 ** window_bits rows.")
         .def_property_readonly("n_windows", &SegmentIndex::n_windows, "Windows: ceil(n / 2 ** window_bits).")
-        .def_property_readonly("forward_width", &SegmentIndex::forward_width, "Columns of the forward codes.")
-        .def_property_readonly("n_postings", &SegmentIndex::n_postings, "Postings over all lists: offsets[-1].");
+        .def_property_readonly("forward_width", &SegmentIndex::forward_width,
+                               "Columns of the forward codes (packed: k + has_bias, as the plain format stores them).")
+        .def_property_readonly("n_postings", &SegmentIndex::n_postings, "Postings over all lists: offsets[-1].")
+        .def_property_readonly("is_packed", &SegmentIndex::is_packed, "Whether the forward codes are packed rows.")
+        .def_property_readonly("row_bytes", &SegmentIndex::row_bytes, "Bytes per packed row; 0 for plain codes.")
+        .def_property_readonly("index_bits", &SegmentIndex::index_bits, "Bits per packed latent; 0 for plain codes.")
+        .def_property_readonly("value_bits", &SegmentIndex::value_bits, "Bits per packed value; 0 for plain codes.");
 #ifdef CSAE_VERSION
     m.attr("__version__") = CSAE_VERSION;
 #endif

@@ -73,8 +73,9 @@ struct ForwardCodes {
 constexpr size_t kPrefetchDistance = 24;
 
 // candidates (nq, c): item ids, -1 for none. Writes (nq, top_k) best first.
-template <class Index, class Value>
-void rerank(const ForwardCodes<Index, Value>& fc, const float* P, size_t h, size_t nq, const int64_t* candidates,
+// Codes: ForwardCodes, or PackedCodes (packed.h): n, dot(p, item) and prefetch(item).
+template <class Codes>
+void rerank(const Codes& fc, const float* P, size_t h, size_t nq, const int64_t* candidates,
             size_t c, size_t top_k, int64_t* out_ids, float* out_scores, int num_threads) {
     for (size_t i = 0; i < nq * c; ++i)
         if (candidates[i] >= static_cast<int64_t>(fc.n))
@@ -95,8 +96,8 @@ void rerank(const ForwardCodes<Index, Value>& fc, const float* P, size_t h, size
 // Every item against every query: the accuracy ceiling of the codes, O(n k) per query.
 // Items are cut into blocks; each block is scored for all queries while its codes are in cache.
 // allowed: null, or n bytes, 0 = skip the item.
-template <class Index, class Value>
-void scan_all(const ForwardCodes<Index, Value>& fc, const float* P, size_t h, size_t nq, size_t top_k,
+template <class Codes>
+void scan_all(const Codes& fc, const float* P, size_t h, size_t nq, size_t top_k,
               int64_t* out_ids, float* out_scores, int num_threads, const uint8_t* allowed = nullptr) {
     const int threads = resolve_threads(num_threads);
     const size_t parts = std::max<size_t>(1, std::min<size_t>(threads * 4, fc.n / 4096 + 1));

@@ -48,6 +48,40 @@ class SegmentIndex:
                  post_values: NDArray[np.float16 | np.float32], fwd_indices: NDArray[np.uint8 | np.uint16 | np.uint32],
                  fwd_values: NDArray[np.float16 | np.float32], n: int, h: int, window_bits: int) -> None: ...
 
+    @staticmethod
+    def packed(offsets: NDArray[np.int64], local_ids: NDArray[np.uint16], post_values: NDArray[np.float16 | np.float32],
+               fwd_packed: NDArray[np.uint8], n: int, h: int, window_bits: int, k: int, index_bits: int,
+               value_bits: int, has_bias: bool) -> SegmentIndex:
+        """A SegmentIndex whose forward codes are packed: k (latent, value) entries per row in a fixed number of bytes.
+
+        rerank and scan score straight from the packed bytes: score = s * sum_j q_j * projections[q, latent_j]
+        + b * projections[q, h] (the b term only with has_bias), so projections need h + has_bias columns.
+
+        Parameters
+        ----------
+        offsets, local_ids, post_values, n, h, window_bits
+            The posting lists, as for SegmentIndex.
+        fwd_packed : (n, row_bytes) uint8, C-contiguous
+            Each row: bytes 0-1 the float16 scale s (little-endian); with has_bias, bytes 2-3 the float16 bias weight
+            b; then a bitstream read LSB-first (bit t is bit t % 8 of byte header + t // 8, header = 2 + 2 * has_bias).
+            Entry j takes bits j * w to (j + 1) * w - 1, w = index_bits + value_bits: the latent (unsigned, < h),
+            then the value q_j (two's complement). row_bytes >= header + ceil(k * w / 8); later bytes are padding.
+            Entries with q_j = 0 contribute nothing; latents need not be sorted.
+        k : int
+            Entries per row, >= 1.
+        index_bits : int
+            1..32.
+        value_bits : int
+            2..16.
+        has_bias : bool
+
+        Raises
+        ------
+        ValueError
+            Naming the problem: dtype, shape, contiguity, rows, bytes per row, bit widths, a latent >= h (its row and
+            entry) or a scale or bias weight that is not finite.
+        """
+
     def search(self, query_indices: ArrayLike, query_values: ArrayLike, top_k: int, num_threads: int = -1,
                allowed: NDArray[np.uint8 | np.bool_] | None = None) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         """Exact top-k rows by the dot product of sparse queries with the posting lists.
@@ -74,6 +108,8 @@ class SegmentIndex:
     def rerank(self, projections: ArrayLike, candidates: ArrayLike, top_k: int,
                num_threads: int = -1) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
         """Top-k of candidate rows by score = sum_j fwd_values[i, j] * projections[q, fwd_indices[i, j]].
+
+        Packed codes score as given under SegmentIndex.packed.
 
         Parameters
         ----------
@@ -119,7 +155,19 @@ class SegmentIndex:
         """Windows: ceil(n / 2 ** window_bits)."""
     @property
     def forward_width(self) -> int:
-        """Columns of the forward codes."""
+        """Columns of the forward codes (packed: k + has_bias, as the plain format stores them)."""
     @property
     def n_postings(self) -> int:
         """Postings over all lists: offsets[-1]."""
+    @property
+    def is_packed(self) -> bool:
+        """Whether the forward codes are packed rows."""
+    @property
+    def row_bytes(self) -> int:
+        """Bytes per packed row; 0 for plain codes."""
+    @property
+    def index_bits(self) -> int:
+        """Bits per packed latent; 0 for plain codes."""
+    @property
+    def value_bits(self) -> int:
+        """Bits per packed value; 0 for plain codes."""

@@ -51,7 +51,10 @@ def _load_pairs(path):
 def _encode(a) -> None:
     from .models import load_model
     model = load_model(a.model, device=a.device or "cpu")
-    codes = model.encode(a.items, k=a.k, value_dtype=a.values, progress=True)
+    if a.bytes_per_item is not None:
+        codes = model.encode(a.items, k=a.k, bytes_per_item=a.bytes_per_item, value_bits=a.value_bits, progress=True)
+    else:
+        codes = model.encode(a.items, k=a.k, value_dtype=a.values, progress=True)
     codes.save(a.output)
     print(f"encoded {codes.n} items: k={codes.k}, {codes.bytes_per_item} bytes/item; saved {a.output}")
 
@@ -62,8 +65,10 @@ def _build(a) -> None:
     model = load_model(a.model, device=a.device or "cpu")
     ids = np.load(a.ids, allow_pickle=False) if a.ids else None
     t = time.perf_counter()
-    engine = Engine(model, num_threads=a.threads).build(a.items, ids=ids, prune=a.prune, shard_size=a.shard_size,
-                                                        directory=a.output, progress=True)
+    engine = Engine(model, num_threads=a.threads).build(a.items, ids=ids, bytes_per_item=a.bytes_per_item,
+                                                        value_bits=a.value_bits, index_terms=a.index_terms,
+                                                        prune=a.prune, shard_size=a.shard_size, directory=a.output,
+                                                        progress=True)
     print(f"indexed {len(engine)} items in {time.perf_counter() - t:.1f} s, "
           f"{engine.bytes_per_item():.1f} bytes/item; saved {a.output}")
 
@@ -121,7 +126,16 @@ def _export_milvus(a) -> None:
 
 def _demo(a) -> None:
     from .demo import run
-    run(a.data, steps=a.steps, h=a.h, k=a.k)
+    run(a.data, steps=a.steps, h=a.h, k=a.k, bytes_per_item=a.bytes_per_item or None)
+
+
+def add_compact_options(parser: argparse.ArgumentParser) -> None:
+    """--bytes-per-item and --value-bits: compact codes (csae_engine/compact.py)."""
+    from .models.encoding import DEFAULT_VALUE_BITS
+    parser.add_argument("--bytes-per-item", type=int, default=None,
+                        help="compact codes of this many bytes per item: as many refitted entries as fit "
+                             "(default: the model's k entries, float16 values)")
+    parser.add_argument("--value-bits", type=int, default=None, help=f"bits per compact value (default {DEFAULT_VALUE_BITS})")
 
 
 def add_config_options(parser: argparse.ArgumentParser, config_cls: type) -> None:
@@ -186,12 +200,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--k", type=int, default=None, help="non-zeros per code (default: the model's k)")
     e.add_argument("--values", choices=["float16", "float32", "int8", "uint8"], default="float16",
                    help="value type (default float16); int8/uint8 (uint8: csr only) add a float16 scale per item")
+    add_compact_options(e)
     e.add_argument("--device", default=None)
 
     b = _command(sub, "build", "encode items and write a search index directory",
                  (("model", "model file from `csae train`"), ("items", "(n, d) .npy of embeddings")),
                  "index directory to write", _build)
     b.add_argument("--ids", default=None, help="(n,) int64 .npy of item ids (default 0..n-1)")
+    add_compact_options(b)
+    b.add_argument("--index-terms", type=int, default=None,
+                   help="entries of each code in the posting lists (default: the model's k)")
     b.add_argument("--prune", type=float, default=None, help="keep this share of each posting list (approximate)")
     b.add_argument("--shard-size", type=int, default=None,
                    help="items per shard, each encoded and written on its own (default 4,194,304)")
@@ -232,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--steps", type=int, default=None, help="training steps (default: the demo's budget)")
     d.add_argument("--h", type=int, default=4096)
     d.add_argument("--k", type=int, default=32)
+    d.add_argument("--bytes-per-item", type=int, default=128,
+                   help="bytes of compact code per item (default 128); 0: the model's k entries in float16")
     d.set_defaults(run=_demo)
     return p
 

@@ -4,6 +4,8 @@ import time
 import numpy as np
 
 from . import datasets
+from .codes import SparseCodes
+from .data import unit_rows
 from .engine import Engine
 from .metrics import exact_topk, recall, task_recall
 from .training import train
@@ -13,7 +15,13 @@ __all__ = ["run"]
 DEMO_STEPS = 1000  # keeps the whole demo under 10 minutes on 2 CPU cores; `csae train` defaults to 5,000
 
 
-def run(data=None, *, steps: int | None = None, h: int = 4096, k: int = 32, show: int = 3) -> dict:
+DEMO_BYTES = 128  # bytes of compact code per item: PQ-128's budget, the comparison printed beside ours
+
+
+def run(data=None, *, steps: int | None = None, h: int = 4096, k: int = 32, bytes_per_item: int | None = DEMO_BYTES,
+        show: int = 3) -> dict:
+    """Train, encode, index and search the dataset at ``data`` (default the shared WordNet/MiniLM set), printing the
+    figures; returns them. bytes_per_item=None stores the model's k entries in float16 instead of compact codes."""
     path = data or datasets.wordnet_minilm()
     ds = datasets.load(path)
     n, d = ds.docs.shape
@@ -23,16 +31,19 @@ def run(data=None, *, steps: int | None = None, h: int = 4096, k: int = 32, show
     t = time.perf_counter()
     model = train(ds.docs, h=h, k=k, steps=steps)
     train_s = time.perf_counter() - t
-    codes = model.encode(ds.docs, progress=True)
+    codes = model.encode(ds.docs, bytes_per_item=bytes_per_item, progress=True)
     X_hat = model.decode(codes)
     cos = np.concatenate([_row_cos(ds.docs[s:s + 65536], X_hat[s:s + 65536]) for s in range(0, n, 65536)])
-    dead = float((codes.latent_counts() == 0).mean())
+    sparse = codes if isinstance(codes, SparseCodes) else codes.to_sparse()
+    dead = float((sparse.latent_counts() == 0).mean())
     dense_bytes = d * np.dtype(ds.docs.dtype).itemsize
     report = {"items": n, "d": d, "h": h, "k": k, "steps": steps, "train_seconds": round(train_s, 1),
               "bytes_per_item": codes.bytes_per_item, "dense_bytes_per_item": dense_bytes,
               "reconstruction_cosine": float(cos.mean()), "dead_latents": dead}
     print(f"trained {steps} steps in {train_s:.0f} s; dead latents (used by no item): {dead:.1%}")
-    print(f"bytes per item: {codes.bytes_per_item} (k={k} x (index + float16 value)) vs {dense_bytes} dense "
+    what = f"k={codes.k} x (index + float16 value)" if isinstance(codes, SparseCodes) else \
+        f"{codes.k} entries of {codes.index_bits}-bit index + {codes.value_bits}-bit value, refitted"
+    print(f"bytes per item: {codes.bytes_per_item} ({what}) vs {dense_bytes} dense "
           f"{ds.docs.dtype}: {dense_bytes / codes.bytes_per_item:.1f}x smaller")
     print(f"mean reconstruction cosine: {cos.mean():.4f}")
     if ds.queries is None:
@@ -56,8 +67,30 @@ def run(data=None, *, steps: int | None = None, h: int = 4096, k: int = 32, show
         task, exact_task = task_recall(found, ds.relevant), task_recall(truth, ds.relevant)
         report.update(task_recall_at_10=task, exact_task_recall_at_10=exact_task)
         print(f"task: the labelled synset is in the top 10 for {task:.1%} of queries (exact dense search: {exact_task:.1%})")
+    pq = _pq_recall(ds, truth, codes.bytes_per_item)
+    if pq is not None:
+        report[f"FAISS PQ, {codes.bytes_per_item} bytes"] = {"recall_at_10": pq}
+        print(f"  FAISS product quantisation at the same {codes.bytes_per_item} bytes per item, exhaustive: "
+              f"recall@10 {pq:.3f}")
     _show(ds, found, truth, show)
     return report
+
+
+def _pq_recall(ds, truth, nbytes: int) -> float | None:
+    """recall@10 of FAISS IndexPQ at nbytes bytes per item (8-bit codes) on the same items and queries, or None
+    when faiss is not installed or nbytes does not divide d."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    X = unit_rows(np.asarray(ds.docs, np.float32))
+    if X.shape[1] % nbytes or len(X) < 256 * 39:  # PQ needs d divisible by M, and about 39 points per centroid
+        return None
+    index = faiss.IndexPQ(X.shape[1], nbytes, 8, faiss.METRIC_INNER_PRODUCT)
+    index.train(X[np.random.default_rng(0).choice(len(X), min(len(X), 32768), replace=False)])
+    index.add(X)
+    found = index.search(unit_rows(np.asarray(ds.queries, np.float32), 0, "queries"), 10)[1]
+    return recall(found, truth, 10)
 
 
 def _row_cos(X, X_hat):

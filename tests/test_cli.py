@@ -117,3 +117,20 @@ def test_bad_input_is_reported_and_bugs_raise(tmp_path, capsys, monkeypatch):
         else:
             with pytest.raises(error, match="boom"):
                 main(encode)
+
+
+def test_compact_codes_from_the_shell(tmp_path):
+    X = np.random.default_rng(3).standard_normal((300, 8)).astype(np.float32)
+    np.save(tmp_path / "items.npy", X)
+    assert main(["train", str(tmp_path / "items.npy"), "-o", str(tmp_path / "m.csae"), "--h", "32", "--k", "4",
+                 "--steps", "5"]) == 0
+    assert main(["encode", str(tmp_path / "m.csae"), str(tmp_path / "items.npy"), "-o", str(tmp_path / "c.npz"),
+                 "--bytes-per-item", "16", "--value-bits", "6"]) == 0
+    codes = ce.load_codes(tmp_path / "c.npz")
+    assert isinstance(codes, ce.CompactCodes) and codes.bytes_per_item <= 16 and codes.value_bits == 6
+    assert main(["build", str(tmp_path / "m.csae"), str(tmp_path / "items.npy"), "-o", str(tmp_path / "index"),
+                 "--bytes-per-item", "16", "--index-terms", "3"]) == 0
+    engine = ce.Engine.load(tmp_path / "index")
+    assert engine.config["forward"] == "packed" and engine.config["index_terms"] == 3
+    assert main(["encode", str(tmp_path / "m.csae"), str(tmp_path / "items.npy"), "-o", str(tmp_path / "c.npz"),
+                 "--bytes-per-item", "2"]) == 2, "a budget too small for one entry is a user error"

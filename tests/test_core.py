@@ -340,6 +340,254 @@ def test_bad_query_inputs_raise(good):
     assert s.search(q_idx, q_val, 3)[0].shape == (1, 3)  # still usable
 
 
+# ---- packed forward codes: SegmentIndex.packed ----
+
+def pack_rows(idx, q, scale, bias, index_bits, value_bits, row_bytes=None, rng=None):
+    """(n, row_bytes) uint8 rows: float16 scale, [float16 bias], then k entries of index_bits + value_bits bits
+    (latent, then q in two's complement) in an LSB-first bitstream. rng fills the unused bits and padding bytes."""
+    n, k = idx.shape
+    w = index_bits + value_bits
+    fields = idx.astype(np.uint64) | (q.astype(np.int64) & ((1 << value_bits) - 1)).astype(np.uint64) << np.uint64(index_bits)
+    bits = (fields[..., None] >> np.arange(w, dtype=np.uint64) & np.uint64(1)).astype(np.uint8).reshape(n, k * w)
+    header = [np.asarray(scale, "<f2").view(np.uint8).reshape(n, 2)]
+    if bias is not None:
+        header.append(np.asarray(bias, "<f2").view(np.uint8).reshape(n, 2))
+    row_bytes = row_bytes or 2 * len(header) + -(-k * w // 8)
+    tail = row_bytes * 8 - 16 * len(header) - k * w
+    junk = rng.integers(0, 2, (n, tail), dtype=np.uint8) if rng is not None else np.zeros((n, tail), np.uint8)
+    stream = np.packbits(np.concatenate([bits, junk], 1), axis=1, bitorder="little")
+    return np.ascontiguousarray(np.concatenate(header + [stream], 1))
+
+
+def packed_case(rng, n, k, h, index_bits, value_bits, has_bias, row_bytes=None):
+    """Random packed rows, distinct latents per row (the largest, h - 1, in row 0), extreme values and some q = 0."""
+    idx = np.stack([rng.choice(h, k, replace=False) for _ in range(n)])
+    idx[0, -1] = h - 1 if h - 1 not in idx[0, :-1] else idx[0, -1]
+    lo, hi = -(1 << value_bits - 1), (1 << value_bits - 1) - 1
+    q = rng.integers(lo, hi + 1, (n, k))
+    q[rng.random((n, k)) < 0.2] = 0
+    q[1, 0], q[2, -1] = lo, hi
+    scale = ((rng.random(n) + 0.5) / hi).astype(np.float16)
+    bias = rng.standard_normal(n).astype(np.float16) if has_bias else None
+    rows = pack_rows(idx, q, scale, bias, index_bits, value_bits, row_bytes, rng)
+    return dict(idx=idx, q=q, scale=scale, bias=bias, rows=rows, h=h, k=k, index_bits=index_bits,
+                value_bits=value_bits, has_bias=has_bias)
+
+
+def packed_scores(c, P):
+    """(nq, n) float64: s * sum_j q_j P[:, latent_j] + b * P[:, h]."""
+    P = P.astype(np.float64)
+    out = (P[:, c["idx"]] * c["q"]).sum(-1) * c["scale"].astype(np.float64)
+    return out + (P[:, c["h"], None] * c["bias"].astype(np.float64) if c["has_bias"] else 0)
+
+
+def plain_forward(c):
+    """The plain format's forward codes of a packed case: latents and q * s, the bias as column h with value b."""
+    idx, val = c["idx"], (c["q"] * c["scale"].astype(np.float32)[:, None]).astype(np.float32)
+    if c["has_bias"]:
+        idx = np.hstack([idx, np.full((len(idx), 1), c["h"])])
+        val = np.hstack([val, c["bias"].astype(np.float32)[:, None]])
+    return idx.astype(np.uint16 if c["h"] + c["has_bias"] <= 1 << 16 else np.uint32), np.ascontiguousarray(val)
+
+
+def packed_index(c, rows=None, window_bits=16):
+    """SegmentIndex.packed of a case, its posting lists from the plain codes; and the plain SegmentIndex."""
+    idx, val = plain_forward(c)
+    k = c["k"]
+    code_idx, code_val = np.ascontiguousarray(idx[:, :k]), np.ascontiguousarray(val[:, :k])
+    off, lid, pv = _core.build_windowed(code_idx, code_val, None, c["h"], window_bits)
+    packed = _core.SegmentIndex.packed(off, lid, pv, c["rows"] if rows is None else rows, len(idx), c["h"], window_bits,
+                                       k, c["index_bits"], c["value_bits"], c["has_bias"])
+    return packed, _core.SegmentIndex(off, lid, pv, idx, val, len(idx), c["h"], window_bits)
+
+
+def check_packed_queries(c, packed, plain, rng, nq=3, top_k=10):
+    n = len(c["idx"])
+    P = rng.standard_normal((nq, c["h"] + c["has_bias"])).astype(np.float32)
+    full = packed_scores(c, P)
+    allowed = (rng.random(n) < 0.5).astype(np.uint8)
+    cand = np.stack([rng.choice(n, min(n, 40), replace=False) for _ in range(nq)]).astype(np.int64)
+    cand[:, -3:] = -1
+    mask = np.zeros_like(full, bool)
+    for row, cc in zip(mask, cand):
+        row[cc[cc >= 0]] = True
+    for index in (packed, plain):
+        for threads in (1, 2):
+            ids, scores = index.scan(P, top_k, threads)
+            assert_topk(ids, scores, full, top_k, atol=1e-4)
+            assert_topk(*index.scan(P, top_k, threads, allowed), full, top_k, allowed, atol=1e-4)
+            ids, scores = index.rerank(P, cand, top_k, threads)
+            assert all(set(row[row >= 0]) <= set(cc) for row, cc in zip(ids, cand))
+            assert_topk(ids, scores, np.where(mask, full, -np.inf), top_k, atol=1e-4)
+    np.testing.assert_allclose(packed.scan(P, top_k)[1], plain.scan(P, top_k)[1], rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(packed.rerank(P, cand, top_k)[1], plain.rerank(P, cand, top_k)[1], rtol=1e-5, atol=1e-4)
+
+
+# (index_bits, value_bits, k): the compile-time layouts (12+4, 12+8, 12+6, 13+4) and the run-time ones, w = 16
+# (one load of eight lanes), w <= 25 (gathered), w > 25 (scalar); 1 index bit holds at most 2 distinct latents.
+PACKED_LAYOUTS = [(i, v, k) for i, v in [(12, 4), (12, 8), (12, 6), (13, 4), (13, 5), (16, 16), (7, 3), (10, 6), (32, 2)]
+                  for k in (1, 5, 63)] + [(1, 2, 1), (1, 2, 2)]
+
+
+@pytest.mark.parametrize("has_bias", [False, True], ids=["no-bias", "bias"])
+@pytest.mark.parametrize("index_bits, value_bits, k", PACKED_LAYOUTS, ids=[f"{i}+{v}-k{k}" for i, v, k in PACKED_LAYOUTS])
+def test_packed_rerank_and_scan_equal_numpy_and_plain(index_bits, value_bits, k, has_bias):
+    rng = np.random.default_rng(index_bits * 100 + value_bits * 10 + k + has_bias)
+    h = 1 << min(index_bits, 16)  # 2**32 latents would need too wide projections: index_bits 32 uses 2**16
+    c = packed_case(rng, 300, k, h, index_bits, value_bits, has_bias)
+    packed, plain = packed_index(c)
+    row_bytes = 2 + 2 * has_bias + -(-k * (index_bits + value_bits) // 8)
+    assert (packed.is_packed, packed.row_bytes, packed.index_bits, packed.value_bits) == (True, row_bytes, index_bits,
+                                                                                           value_bits)
+    assert packed.forward_width == plain.forward_width == k + has_bias
+    assert (plain.is_packed, plain.row_bytes, plain.index_bits, plain.value_bits) == (False, 0, 0, 0)
+    check_packed_queries(c, packed, plain, rng)
+    q_idx = rng.choice(h, (2, 4)).astype(np.int64)
+    q_val = rng.standard_normal((2, 4)).astype(np.float32)
+    np.testing.assert_array_equal(packed.search(q_idx, q_val, 7)[0], plain.search(q_idx, q_val, 7)[0])
+
+
+@pytest.mark.parametrize("index_bits, value_bits", [(12, 4), (12, 8), (16, 16), (7, 3)])
+def test_packed_padding_bytes_are_ignored(index_bits, value_bits):
+    rng = np.random.default_rng(8)
+    c = packed_case(rng, 200, 9, 1 << index_bits, index_bits, value_bits, True, row_bytes=64)  # 64 > 4 + stream
+    packed, plain = packed_index(c)
+    assert packed.row_bytes == 64
+    check_packed_queries(c, packed, plain, rng)
+
+
+@pytest.mark.parametrize("k, index_bits, value_bits, has_bias, n", [
+    (63, 12, 4, False, 32),   # 2 + 126 = 128 bytes a row, 4096 in all: the file ends on a page boundary
+    (60, 13, 5, True, 7),     # 4 + 135 = 139 bytes
+    (8, 12, 8, False, 128),   # 2 + 20 = 22 bytes
+    (1, 5, 3, False, 4096),   # 2 + 1 = 3 bytes, under one 8-byte read; 12288 in all
+    (3, 16, 16, True, 3),     # 4 + 12 = 16 bytes
+])
+def test_packed_last_entry_at_the_end_of_a_memory_map(tmp_path, k, index_bits, value_bits, has_bias, n):
+    rng = np.random.default_rng(k)
+    c = packed_case(rng, n, k, 1 << index_bits, index_bits, value_bits, has_bias)
+    row_bytes = c["rows"].shape[1]
+    assert (k * (index_bits + value_bits)) % 8 == 0, "the last entry ends exactly at the row's last byte"
+    path = tmp_path / "fwd_packed.bin"
+    c["rows"].tofile(path)
+    rows = np.memmap(path, np.uint8, "r", shape=(n, row_bytes))
+    assert path.stat().st_size == n * row_bytes
+    packed, plain = packed_index(c, rows)
+    check_packed_queries(c, packed, plain, rng, top_k=min(n, 10))
+    ids, scores = packed.rerank(np.ones((1, c["h"] + has_bias), np.float32), [[n - 1]], 1)
+    assert ids[0, 0] == n - 1
+    np.testing.assert_allclose(scores[0, 0], packed_scores(c, np.ones((1, c["h"] + has_bias)))[0, -1], rtol=1e-5,
+                               atol=1e-4)
+
+
+def test_packed_memmapped_read_only_rows_are_held_not_copied(tmp_path):
+    rng = np.random.default_rng(9)
+    c = packed_case(rng, 500, 16, 4096, 12, 4, True)
+    np.save(tmp_path / "fwd_packed.npy", c["rows"])
+    rows = np.load(tmp_path / "fwd_packed.npy", mmap_mode="r")
+    assert isinstance(rows, np.memmap) and not rows.flags.writeable
+    before = sys.getrefcount(rows)
+    packed, plain = packed_index(c, rows)
+    after = sys.getrefcount(rows)  # not inside assert: its rewriting holds references
+    assert after == before + 1, "fwd_packed must be held as given, not copied"
+    P = rng.standard_normal((2, 4097)).astype(np.float32)
+    want = packed.scan(P, 9)
+    del rows
+    gc.collect()
+    got = packed.scan(P, 9)  # the segment keeps its rows alive
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    check_packed_queries(c, packed, plain, rng)
+
+
+@pytest.fixture(scope="module")
+def good_packed():
+    rng = np.random.default_rng(10)
+    c = packed_case(rng, 300, 5, 40, 12, 4, True)  # 4 + 10 = 14 bytes a row
+    idx, val = plain_forward(c)
+    off, lid, pv = _core.build_windowed(np.ascontiguousarray(idx[:, :5]), np.ascontiguousarray(val[:, :5]), None, 40, 4)
+    arrays = dict(offsets=off, local_ids=lid, post_values=pv, fwd_packed=c["rows"], n=300, h=40, window_bits=4, k=5,
+                  index_bits=12, value_bits=4, has_bias=True)
+    return c, arrays
+
+
+def _repacked(c, **changes):
+    """The good case's rows packed again with some of idx, scale, bias replaced."""
+    c = {**c, **changes}
+    return pack_rows(c["idx"], c["q"], c["scale"], c["bias"], c["index_bits"], c["value_bits"])
+
+
+def _set(a, at, value):
+    a = a.copy()
+    a[at] = value
+    return a
+
+
+BAD_PACKED = [
+    ("fwd_packed has dtype int8, expected uint8", lambda c, g: dict(fwd_packed=g["fwd_packed"].view(np.int8))),
+    ("fwd_packed has dtype uint16, expected uint8", lambda c, g: dict(fwd_packed=g["fwd_packed"].view(np.uint16))),
+    (r"fwd_packed must be 2-D \(n, row_bytes\), got 1-D", lambda c, g: dict(fwd_packed=g["fwd_packed"].ravel())),
+    ("fwd_packed must be C-contiguous", lambda c, g: dict(fwd_packed=np.asfortranarray(g["fwd_packed"]))),
+    ("fwd_packed has 299 rows, expected n = 300", lambda c, g: dict(fwd_packed=g["fwd_packed"][:-1])),
+    (r"fwd_packed has 13 bytes per row, k = 5 entries of 12 \+ 4 bits need 14 \(header 4\)",
+     lambda c, g: dict(fwd_packed=np.ascontiguousarray(g["fwd_packed"][:, :13]))),
+    (r"fwd_packed has 14 bytes per row, k = 6 entries of 12 \+ 4 bits need 16", lambda c, g: dict(k=6)),
+    (r"fwd_packed has 14 bytes per row, k = 5 entries of 12 \+ 8 bits need 17", lambda c, g: dict(value_bits=8)),
+    ("index_bits must be in 1..32, got 0", lambda c, g: dict(index_bits=0)),
+    ("index_bits must be in 1..32, got 33", lambda c, g: dict(index_bits=33)),
+    ("value_bits must be in 2..16, got 1", lambda c, g: dict(value_bits=1)),
+    ("value_bits must be in 2..16, got 17", lambda c, g: dict(value_bits=17)),
+    ("k must be positive, got 0", lambda c, g: dict(k=0)),
+    ("k must be positive, got -1", lambda c, g: dict(k=-1)),
+    ("k = 1073741824 entries do not fit a row", lambda c, g: dict(k=1 << 30)),
+    ("fwd_packed row 7, entry 2: latent 40 out of range for h=40",
+     lambda c, g: dict(fwd_packed=_repacked(c, idx=_set(c["idx"], (7, 2), 40)))),
+    ("fwd_packed row 299, entry 4: latent 4095 out of range for h=40",
+     lambda c, g: dict(fwd_packed=_repacked(c, idx=_set(c["idx"], (299, 4), 4095)))),
+    (r"fwd_packed row 3: scale is not finite \(inf\)",
+     lambda c, g: dict(fwd_packed=_repacked(c, scale=_set(c["scale"], 3, np.inf)))),
+    (r"fwd_packed row 4: scale is not finite \(nan\)",
+     lambda c, g: dict(fwd_packed=_repacked(c, scale=_set(c["scale"], 4, np.nan)))),
+    (r"fwd_packed row 5: bias_weight is not finite \(-inf\)",
+     lambda c, g: dict(fwd_packed=_repacked(c, bias=_set(c["bias"], 5, -np.inf)))),
+    ("window_bits must be in 1..16, got 0", lambda c, g: dict(window_bits=0)),
+    ("local_ids has dtype int32, expected uint16", lambda c, g: dict(local_ids=g["local_ids"].astype(np.int32))),
+]
+
+
+@pytest.mark.parametrize("message, make", BAD_PACKED, ids=[m for m, _ in BAD_PACKED])
+def test_bad_packed_arrays_raise(good_packed, message, make):
+    c, good = good_packed
+    _core.SegmentIndex.packed(**good)  # the unchanged arrays are fine
+    with pytest.raises(ValueError, match=message):
+        _core.SegmentIndex.packed(**{**good, **make(c, good)})
+
+
+def test_packed_query_checks(good_packed):
+    _, good = good_packed
+    s = _core.SegmentIndex.packed(**good)
+    P = np.ones((1, 41), np.float32)
+    with pytest.raises(ValueError, match="projections have 40 columns, the forward codes need 41"):
+        s.scan(P[:, :40], 3)  # the bias column h is needed too
+    with pytest.raises(ValueError, match="projections have 40 columns, the forward codes need 41"):
+        s.rerank(P[:, :40], [[1]], 3)
+    with pytest.raises(ValueError, match="candidate 300 out of range for n=300"):
+        s.rerank(P, [[1, 300]], 3)
+    with pytest.raises(ValueError, match=r"allowed must have one entry per item \(300\)"):
+        s.scan(P, 3, allowed=np.ones(299, bool))
+    c = packed_case(np.random.default_rng(11), 300, 5, 40, 12, 4, False)
+    no_bias = _core.SegmentIndex.packed(**{**good, "fwd_packed": c["rows"], "has_bias": False})
+    assert no_bias.forward_width == 5 and no_bias.scan(P[:, :40], 2)[0].shape == (1, 2)  # h columns suffice
+
+
+def test_empty_packed_segment():
+    off, lid, pv = _core.build_windowed(np.zeros((0, 3), np.uint16), np.zeros((0, 3), np.float32), None, 8, 16)
+    s = _core.SegmentIndex.packed(off, lid, pv, np.zeros((0, 8), np.uint8), 0, 8, 16, 3, 12, 4, False)
+    assert (s.n, s.row_bytes, s.forward_width) == (0, 8, 3)
+    ids, scores = s.scan(np.ones((1, 8), np.float32), 2)
+    assert (ids == -1).all() and np.isneginf(scores).all()
+
+
 def _signature_names(doc: str) -> list:
     """Argument names of pybind11's first docstring line, 'name(self: T, a: T, b: T = 1) -> R'."""
     return [n for n in re.findall(r"(?:\(|, )(\w+):", doc.splitlines()[0]) if n != "self"]
