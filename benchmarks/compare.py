@@ -4,11 +4,13 @@
     python -m benchmarks.compare --data DIR --k 16 32 --h 4096 --steps 200  # a smaller grid
     python -m benchmarks.compare --data DIR --budgets 64 128 --peers PQ OPQ RaBitQ  # compact codes against PQ
 
-The default grid is 2 models, (k, h) = (32, 4096) and (64, 8192) (--grid, or --k x --h, for others): each model
-is measured as float16 codes (3 methods) and as compact codes at each of 6 --budgets (2 methods each), which costs
-about 10 minutes per model on 2 cores at 117,659 items and 10,000 queries; with the peers and the training of
-both models the default run takes about 45 minutes on 2 free cores (an earlier 12-model grid, without compact
-codes, took an hour).
+The default grid is one model, (k, h) = (32, 8192) (--grid, or --k x --h, for others), which keeps the default run
+at about 45 minutes on 2 cores at 117,659 items and 10,000 queries: the peers about 28 min, the model about 15 min
+(training about 3, float16 codes (3 methods) and compact codes at each of 6 --budgets (2 methods each), whose
+encodings take about 4 min and dense scans of every item about 4 min). Each further model adds 12-20 min; on a
+10,000-item subset (100 training steps) h=8192 beat h=4096 at every budget, and k=64 beat k=32 from 128 bytes up
+(--grid 32,8192 64,8192). The earlier default, the 12-model grid --k 8 16 32 64 --h 1024 4096 8192 of float16
+codes only (--budgets with no value), took an hour.
 
 DIR holds items.npy or docs.npy (n, d) and queries.npy, optionally gt_top100.npy (exact dense top 100; computed
 exactly and cached when missing) and relevant.npy (the labelled answer per query: task recall).
@@ -53,7 +55,7 @@ from .peers import (DEFAULT_CANDIDATES, DEFAULT_OPQ_BYTES, DEFAULT_RABITQ_BITS, 
                     HNSW_EF_SEARCH, HNSW_M, OPQ_ITERATIONS, PQ_TRAIN_POINTS, TOP, Method, encode_us, peer_methods,
                     set_threads)
 
-DEFAULT_GRID = ((32, 4096), (64, 8192))  # (k, h); training takes about 1.5 and 3.5 min on 2 CPU cores
+DEFAULT_GRID = ((32, 8192),)  # (k, h): one model keeps the default run near 45 min on 2 CPU cores (see above)
 DEFAULT_STEPS = 500
 DEFAULT_BATCH = 1024
 DEFAULT_PEER_BYTES = (32, 64, 128, 256)
@@ -304,9 +306,11 @@ def main(argv=None, prog: str = "python -m benchmarks.compare"):
         p.error(f"--grid takes k,h pairs such as 32,4096, got {a.grid}")
     if any(len(pair) != 2 for pair in grid):
         p.error(f"--grid takes k,h pairs such as 32,4096, got {a.grid}")
-    from csae_engine.compact import compact_k
+    from csae_engine.compact import MAX_VALUE_BITS, MIN_VALUE_BITS, compact_k
     from csae_engine.models.encoding import DEFAULT_VALUE_BITS
     value_bits = DEFAULT_VALUE_BITS if a.value_bits is None else a.value_bits
+    if not MIN_VALUE_BITS <= value_bits <= MAX_VALUE_BITS:
+        p.error(f"--value-bits must be in {MIN_VALUE_BITS}..{MAX_VALUE_BITS}, got {value_bits}")
     cfg = {"data": data.name, "n": data.n, "d": data.d, "queries": len(data.Q), "ground_truth": data.gt_source,
            "task_labels": data.relevant is not None, "grid_k_h": grid, "steps": a.steps, "batch_size": a.batch_size,
            "seed": a.seed, "peer_bytes": a.peer_bytes, "opq_bytes": a.opq_bytes,
@@ -392,8 +396,8 @@ def best_under(rows, targets, families=SUMMARY_FAMILIES, tol: float = 0.1) -> li
 def markdown(rows, cfg) -> str:
     budgets = cfg.get("budgets", [])
     intro = (f"{cfg['n']} items, d={cfg['d']}, {cfg['queries']} queries; recall against exact dense top 100 "
-             f"({cfg['ground_truth']}); our models (k, h) {', '.join(map(str, cfg['grid_k_h']))}, each trained {cfg['steps']} steps of "
-             f"batch {cfg['batch_size']} on the items"
+             f"({cfg['ground_truth']}); our models (k, h) {', '.join(map(str, cfg['grid_k_h']))}, each trained "
+             f"{cfg['steps']} steps of batch {cfg['batch_size']} on the items"
              + (f", measured as float16 codes and as compact codes of {', '.join(map(str, budgets))} bytes "
                 f"({cfg['value_bits']}-bit values)" if budgets else "")
              + f"; dense rerank and binary rescoring take {cfg['candidates']} "
@@ -420,7 +424,7 @@ MARKERS = {"ours sparse": ("o", "C3"), "ours dense rerank": ("s", "C1"), "ours d
            "ours compact dense all": ("D", "C6"), "ours compact dense rerank": ("s", "C6"),
            "truncation fp32": ("v", "C0"), "truncation fp16": ("^", "C0"), "PCA fp32": ("<", "C2"),
            "PCA fp16": (">", "C2"), "PCA int8": ("p", "C2"), "binary": ("x", "C7"), "binary+rescore": ("+", "C7"),
-           "PQ": ("h", "C4"), "OPQ": ("H", "C9"), "RaBitQ": ("d", "C1"), "flat": ("*", "k"), "HNSW": ("P", "C8")}
+           "PQ": ("h", "C4"), "OPQ": ("H", "C9"), "RaBitQ": ("d", "darkcyan"), "flat": ("*", "k"), "HNSW": ("P", "C8")}
 UNCONNECTED = ("flat", "HNSW", "binary", "binary+rescore", "ours sparse", "ours dense rerank", "ours dense all")
 
 
