@@ -2,6 +2,15 @@
 
     python -m benchmarks.compare --data ../shared/data/wordnet-minilm       # or: csae bench --data ...
     python -m benchmarks.compare --data DIR --k 16 32 --h 4096 --steps 200  # a smaller grid
+    python -m benchmarks.compare --data DIR --budgets 64 128 --peers PQ OPQ RaBitQ  # compact codes against PQ
+
+The default grid is one model, (k, h) = (32, 8192) (--grid, or --k x --h, for others), which keeps the default run
+at about 45 minutes on 2 cores at 117,659 items and 10,000 queries: the peers about 28 min, the model about 15 min
+(training about 3, float16 codes (3 methods) and compact codes at each of 6 --budgets (2 methods each), whose
+encodings take about 4 min and dense scans of every item about 4 min). Each further model adds 12-20 min; on a
+10,000-item subset (100 training steps) h=8192 beat h=4096 at every budget, and k=64 beat k=32 from 128 bytes up
+(--grid 32,8192 64,8192). The earlier default, the 12-model grid --k 8 16 32 64 --h 1024 4096 8192 of float16
+codes only (--budgets with no value), took an hour.
 
 DIR holds items.npy or docs.npy (n, d) and queries.npy, optionally gt_top100.npy (exact dense top 100; computed
 exactly and cached when missing) and relevant.npy (the labelled answer per query: task recall).
@@ -10,7 +19,13 @@ Methods
   ours sparse        cosine between sparse codes, exact over the inverted index
   ours dense rerank  the sparse mode's top --candidates, rescored by cos(q, x_hat)
   ours dense all     cos(q, x_hat) over every item (forward codes only)
-  peers              truncation, PCA (fp32/fp16/int8), binary (+ rescore), PQ, OPQ, flat, HNSW: benchmarks/peers.py
+  ours compact       the same model's compact codes at each --budgets byte budget (Engine.build(X,
+                     bytes_per_item=B): as many refitted entries of ceil(log2 h) + --value-bits bits as fit,
+                     csae_engine/compact.py): "dense all" over every item (the packed forward store only) and
+                     "dense rerank" of the sparse mode's candidates (posting lists of the strongest model-k
+                     entries + the packed forward store)
+  peers              truncation, PCA (fp32/fp16/int8), binary (+ rescore), PQ, OPQ, FAISS RaBitQ (1-4 bits per
+                     dimension), flat, HNSW: benchmarks/peers.py
 
 Metrics: recall@10 and @100 against exact dense top 100 (all queries, one batch on all cores; recall@10 is the
 first 10 of each method's top 100), task recall@10 where labels exist, bytes per item (everything a method keeps
@@ -18,6 +33,10 @@ in memory per item to answer queries; constants such as a PCA matrix or PQ codeb
 build time (training included; our models' training is cached), QPS on all cores (the batch of all queries) and on
 one thread (a batch of --queries), p50 / p99 latency of single queries on one thread (--queries of them, fewer
 for slow methods: at most --latency-budget seconds each). QPS and latency are timed at top_k=10.
+encode_us_per_item: encoding the items, per item (ours: model.encode on the items, timed apart from indexing,
+which is what Engine.build does; peers: adding the items to the index, transform included).
+candidate_recall@10 (rerank methods: ours dense rerank, binary + rescore): the share of the exact top 10 found
+among the first stage's candidates, the ceiling of the rerank's recall@10.
 """
 import argparse
 import hashlib
@@ -32,15 +51,18 @@ import numpy as np
 from csae_engine.metrics import recall, task_recall
 
 from .common import RESULTS, SHARED_WORDNET, md_table, write_result
-from .peers import (DEFAULT_CANDIDATES, DEFAULT_OPQ_BYTES, HNSW_EF_CONSTRUCTION, HNSW_EF_SEARCH, HNSW_M,
-                    OPQ_ITERATIONS, PQ_TRAIN_POINTS, TOP, Method, peer_methods, set_threads)
+from .peers import (DEFAULT_CANDIDATES, DEFAULT_OPQ_BYTES, DEFAULT_RABITQ_BITS, HNSW_EF_CONSTRUCTION,
+                    HNSW_EF_SEARCH, HNSW_M, OPQ_ITERATIONS, PQ_TRAIN_POINTS, TOP, Method, encode_us, peer_methods,
+                    set_threads)
 
-DEFAULT_K = (8, 16, 32, 64)
-DEFAULT_H = (1024, 4096, 8192)
-DEFAULT_STEPS = 500          # the 12-model grid trains in about 20 min on 2 CPU cores (h=8192: 1.3-2x h=4096)
+DEFAULT_GRID = ((32, 8192),)  # (k, h): one model keeps the default run near 45 min on 2 CPU cores (see above)
+DEFAULT_STEPS = 500
 DEFAULT_BATCH = 1024
 DEFAULT_PEER_BYTES = (32, 64, 128, 256)
+DEFAULT_BUDGETS = (32, 64, 96, 128, 192, 256)  # bytes of forward code per item of our compact codes
 TIMED_TOP_K = 10
+POSTINGS = ("offsets", "local_ids", "post_values")  # Engine.nbytes(): the arrays of sparse mode
+FORWARD = ("fwd_indices", "fwd_values", "fwd_packed")  # and of dense mode: plain or packed forward codes
 
 
 def cache_root() -> Path:
@@ -125,28 +147,71 @@ def _timed(fn):
     return time.perf_counter() - t, out
 
 
-def our_methods(engine, model, h: int, k: int, train_s: float, index_s: float, candidates: int):
-    """Sparse, dense rerank and dense "all" on one engine, with their honest bytes per item."""
-    from csae_engine.codes import index_dtype
+def _split_bytes(engine) -> tuple[float, float, dict]:
+    """(posting bytes, forward bytes, other arrays' bytes by name) per item of an engine."""
     nb = engine.nbytes()
     n = len(engine)
-    postings = (nb["offsets"] + nb["local_ids"] + nb["post_values"]) / n
-    forward = (nb["fwd_indices"] + nb["fwd_values"]) / n
+    postings = sum(nb.get(name, 0) for name in POSTINGS) / n
+    forward = sum(nb.get(name, 0) for name in FORWARD) / n
+    other = {name: size / n for name, size in nb.items()  # e.g. user ids: none with the default row numbers
+             if name not in POSTINGS + FORWARD}
+    return postings, forward, other
+
+
+def _mode(engine, m, cands=None):
+    return lambda Q, top_k, threads: engine.search(Q, top_k, mode=m, candidates=cands, num_threads=threads)[0]
+
+
+def _sparse_candidates(engine, candidates: int):
+    return lambda Q: engine.search(Q, min(candidates, len(engine)), mode="sparse")[0]
+
+
+def our_methods(engine, model, h: int, k: int, train_s: float, index_s: float, candidates: int,
+                encode_s: float | None = None):
+    """Sparse, dense rerank and dense "all" on one engine of float16 codes, with their honest bytes per item."""
+    from csae_engine.codes import index_dtype
+    postings, forward, other = _split_bytes(engine)
     raw = k * (index_dtype(h).itemsize + 2)  # the codes themselves: uint16 (or uint8) index + float16 value
     model_bytes = sum(p.numel() * 4 for p in model.parameters())
-    other = {name: size / n for name, size in nb.items()  # e.g. user ids: none with the default row numbers
-             if name not in ("offsets", "local_ids", "post_values", "fwd_indices", "fwd_values")}
     common = dict(h=h, k=k, raw_code_bytes=raw, train_s=train_s, index_s=index_s, constant_bytes=model_bytes,
-                  build_s=train_s + index_s, **({"other_bytes_per_item": other} if other else {}))
-
-    def mode(m, cands=None):
-        return lambda Q, top_k, threads: engine.search(Q, top_k, mode=m, candidates=cands, num_threads=threads)[0]
-
+                  build_s=train_s + index_s + (encode_s or 0), **({"other_bytes_per_item": other} if other else {}),
+                  **({} if encode_s is None else {"encode_us_per_item": encode_us(encode_s, len(engine))}))
     tag = f"k={k}, h={h}"
-    return [Method(f"ours sparse ({tag})", "ours sparse", mode("sparse"), postings, **common),
-            Method(f"ours dense rerank {max(candidates, TOP)} ({tag})", "ours dense rerank",
-                   mode("dense", max(candidates, TOP)), postings + forward, **common),
-            Method(f"ours dense all ({tag})", "ours dense all", mode("dense", "all"), forward, **common)]
+    cands = max(candidates, TOP)
+    return [Method(f"ours sparse ({tag})", "ours sparse", _mode(engine, "sparse"), postings, **common),
+            Method(f"ours dense rerank {cands} ({tag})", "ours dense rerank", _mode(engine, "dense", cands),
+                   postings + forward, candidate_search=_sparse_candidates(engine, cands), **common),
+            Method(f"ours dense all ({tag})", "ours dense all", _mode(engine, "dense", "all"), forward, **common)]
+
+
+def compact_methods(engine, model, h: int, k: int, budget: int, train_s: float, encode_s: float, index_s: float,
+                    candidates: int):
+    """Dense all and dense rerank on one engine of compact codes (Engine.build(X, bytes_per_item=budget)).
+
+    Bytes per item: the packed forward store alone for dense all; posting lists + forward store for rerank."""
+    postings, forward, other = _split_bytes(engine)
+    cfg = engine.config
+    model_bytes = sum(p.numel() * 4 for p in model.parameters())
+    common = dict(h=h, k=k, code_k=cfg["k"], budget=budget, value_bits=cfg["value_bits"],
+                  index_terms=cfg["index_terms"], raw_code_bytes=forward, train_s=train_s, index_s=index_s,
+                  encode_us_per_item=encode_us(encode_s, len(engine)), constant_bytes=model_bytes,
+                  build_s=train_s + encode_s + index_s, **({"other_bytes_per_item": other} if other else {}))
+    tag = f"{budget} B, k={cfg['k']}, h={h}, model k={k}"
+    cands = max(candidates, TOP)
+    return [Method(f"ours compact dense all ({tag})", "ours compact dense all", _mode(engine, "dense", "all"),
+                   forward, **common),
+            Method(f"ours compact dense rerank {cands} ({tag})", "ours compact dense rerank",
+                   _mode(engine, "dense", cands), postings + forward,
+                   candidate_search=_sparse_candidates(engine, cands), **common)]
+
+
+def candidate_recall(cands: np.ndarray, gt: np.ndarray, k: int = 10, chunk: int = 256) -> float:
+    """Mean over queries of the share of gt[:, :k] found anywhere among cands (nq, c)."""
+    truth = np.asarray(gt)[:, :k]
+    hits = 0
+    for s in range(0, len(truth), chunk):
+        hits += (truth[s:s + chunk, :, None] == cands[s:s + chunk, None, :]).any(axis=2).sum()
+    return float(hits) / truth.size
 
 
 # measuring
@@ -164,6 +229,8 @@ def evaluate(method: Method, data: Data, *, latency_queries: int, budget_s: floa
     row["recall@100"] = recall(found, data.gt, data.top)
     if data.relevant is not None:
         row["task@10"] = task_recall(found, data.relevant, top10)
+    if method.candidate_search is not None:
+        row["candidate_recall@10"] = candidate_recall(method.candidate_search(Q), data.gt, top10)
     est = nq / pass_s  # an underestimate: top 100, not 10
     nb = int(np.clip(budget_s * est, min(nq, 100), nq))
     row["qps_all_cores"] = nb / _timed(lambda: method.search(Q[:nb], top10, -1))[0]
@@ -186,10 +253,17 @@ def evaluate(method: Method, data: Data, *, latency_queries: int, budget_s: floa
 def main(argv=None, prog: str = "python -m benchmarks.compare"):
     p = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=str(SHARED_WORDNET), help="dataset folder (default the shared WordNet/MiniLM)")
-    p.add_argument("--k", type=int, nargs="+", default=list(DEFAULT_K), help="our grid: non-zeros per code")
-    p.add_argument("--h", type=int, nargs="+", default=list(DEFAULT_H), help="our grid: latent dims")
+    p.add_argument("--k", type=int, nargs="+", default=None,
+                   help="our grid: non-zeros per code (every --k x --h; default the --grid below)")
+    p.add_argument("--h", type=int, nargs="+", default=None, help="our grid: latent dims")
     p.add_argument("--grid", nargs="+", default=None, metavar="K,H",
-                   help="our models as k,h pairs instead of every --k x --h, e.g. --grid 16,4096 32,4096")
+                   help="our models as k,h pairs instead of every --k x --h, e.g. --grid 16,4096 32,4096 (default "
+                        + " ".join(f"{k},{h}" for k, h in DEFAULT_GRID) + ")")
+    p.add_argument("--budgets", type=int, nargs="*", default=list(DEFAULT_BUDGETS),
+                   help="bytes of forward code per item at which each grid model's compact codes are measured "
+                        "(default " + " ".join(map(str, DEFAULT_BUDGETS)) + "; none: float16 codes only)")
+    p.add_argument("--value-bits", type=int, default=None,
+                   help="bits per value of compact codes (default the library's DEFAULT_VALUE_BITS)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
                    help=f"training steps of batch {DEFAULT_BATCH} per grid model (default {DEFAULT_STEPS})")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH)
@@ -198,6 +272,8 @@ def main(argv=None, prog: str = "python -m benchmarks.compare"):
                    help="bytes per item at which the compressing peers are built")
     p.add_argument("--opq-bytes", type=int, nargs="+", default=list(DEFAULT_OPQ_BYTES),
                    help="budgets (of --peer-bytes) at which OPQ is trained too (slow)")
+    p.add_argument("--rabitq-bits", type=int, nargs="*", default=list(DEFAULT_RABITQ_BITS),
+                   help="bits per dimension of the FAISS RaBitQ peers (default 1 2 3 4)")
     p.add_argument("--candidates", type=int, default=DEFAULT_CANDIDATES,
                    help="candidates per query of our dense rerank and of binary rescoring")
     p.add_argument("--queries", type=int, default=1000, help="single queries timed for latency (at most)")
@@ -219,17 +295,28 @@ def main(argv=None, prog: str = "python -m benchmarks.compare"):
     out = Path(a.out) if a.out else RESULTS / data.name
     log(f"{data.name}: {data.n} items, d={data.d}, {len(data.Q)} queries; ground truth from {data.gt_source}")
     try:
-        grid = [tuple(int(v) for v in pair.split(",")) for pair in a.grid] if a.grid else \
-            [(k, h) for h in a.h for k in a.k]
+        if a.grid:
+            grid = [tuple(int(v) for v in pair.split(",")) for pair in a.grid]
+        elif a.k or a.h:
+            grid = [(k, h) for h in (a.h or dict.fromkeys(h for _, h in DEFAULT_GRID))
+                    for k in (a.k or dict.fromkeys(k for k, _ in DEFAULT_GRID))]
+        else:
+            grid = list(DEFAULT_GRID)
     except ValueError:
         p.error(f"--grid takes k,h pairs such as 32,4096, got {a.grid}")
     if any(len(pair) != 2 for pair in grid):
         p.error(f"--grid takes k,h pairs such as 32,4096, got {a.grid}")
+    from csae_engine.compact import MAX_VALUE_BITS, MIN_VALUE_BITS, compact_k
+    from csae_engine.models.encoding import DEFAULT_VALUE_BITS
+    value_bits = DEFAULT_VALUE_BITS if a.value_bits is None else a.value_bits
+    if not MIN_VALUE_BITS <= value_bits <= MAX_VALUE_BITS:
+        p.error(f"--value-bits must be in {MIN_VALUE_BITS}..{MAX_VALUE_BITS}, got {value_bits}")
     cfg = {"data": data.name, "n": data.n, "d": data.d, "queries": len(data.Q), "ground_truth": data.gt_source,
            "task_labels": data.relevant is not None, "grid_k_h": grid, "steps": a.steps, "batch_size": a.batch_size,
            "seed": a.seed, "peer_bytes": a.peer_bytes, "opq_bytes": a.opq_bytes,
            "pq_train_points": min(data.n, PQ_TRAIN_POINTS), "opq_iterations": OPQ_ITERATIONS,
-           "candidates": a.candidates, "hnsw": a.hnsw,
+           "candidates": a.candidates, "hnsw": a.hnsw, "budgets": a.budgets, "value_bits": value_bits,
+           "rabitq_bits": a.rabitq_bits,
            "latency_queries": a.queries, "budget_s": a.budget, "cores": cores, "timed_top_k": TIMED_TOP_K}
     rows = []
 
@@ -241,27 +328,47 @@ def main(argv=None, prog: str = "python -m benchmarks.compare"):
         return md
 
     # peers first: they need no training, ours may train for long
-    for m in peer_methods(data.X, a.peer_bytes, a.candidates, log, a.peers, tuple(a.hnsw), a.opq_bytes):
+    for m in peer_methods(data.X, a.peer_bytes, a.candidates, log, a.peers, tuple(a.hnsw), a.opq_bytes,
+                          a.rabitq_bits):
         rows.append(evaluate(m, data, latency_queries=a.queries, budget_s=a.budget, cores=cores, log=log))
         del m
         save(False)
     import csae_engine as ce
+
+    def measure(methods):
+        for m in methods:
+            rows.append(evaluate(m, data, latency_queries=a.queries, budget_s=a.budget, cores=cores, log=log))
+        save(False)
+
     for k, h in grid:
         model, train_s = grid_model(data, h, k, a.steps, a.seed, a.batch_size, log)
         set_threads(cores)
-        index_s, engine = _timed(lambda model=model: ce.Engine(model).build(data.X))
-        for m in our_methods(engine, model, h, k, train_s, index_s, a.candidates):
-            rows.append(evaluate(m, data, latency_queries=a.queries, budget_s=a.budget, cores=cores, log=log))
-        del engine
-        save(False)
+        # model.encode, then Engine.build_codes: what Engine.build(X) does, with the encoding timed apart
+        encode_s, codes = _timed(lambda model=model: model.encode(data.X))
+        index_s, engine = _timed(lambda model=model, codes=codes: ce.Engine(model).build_codes(codes))
+        measure(our_methods(engine, model, h, k, train_s, index_s, a.candidates, encode_s))
+        del engine, codes
+        for budget in a.budgets:
+            try:
+                compact_k(h, budget, value_bits)
+            except ValueError as e:
+                log(f"  compact codes at {budget} B (k={k}, h={h}): skipped, {e}")
+                continue
+            encode_s, codes = _timed(lambda model=model, budget=budget: model.encode(
+                data.X, bytes_per_item=budget, value_bits=value_bits))
+            index_s, engine = _timed(lambda model=model, codes=codes: ce.Engine(model).build_codes(codes))
+            measure(compact_methods(engine, model, h, k, budget, train_s, encode_s, index_s, a.candidates))
+            del engine, codes
     md = save(True)
     log(md)
     log(f"wrote {out}/compare.json, compare.md, recall_vs_bytes.png, recall_vs_qps.png")
     return rows
 
 
-COLUMNS = ["method", "bytes_per_item", "recall@10", "recall@100", "task@10", "build_s", "qps_all_cores",
-           "qps_1_thread", "p50_ms", "p99_ms"]
+COLUMNS = ["method", "bytes_per_item", "recall@10", "recall@100", "task@10", "candidate_recall@10",
+           "encode_us_per_item", "build_s", "qps_all_cores", "qps_1_thread", "p50_ms", "p99_ms"]
+SUMMARY_FAMILIES = ("ours compact dense all", "ours compact dense rerank", "ours dense all", "ours dense rerank",
+                    "PQ", "OPQ", "RaBitQ", "PCA int8", "binary")
 
 
 def at_bytes(rows, target: float, tol: float = 0.1) -> list:
@@ -271,45 +378,78 @@ def at_bytes(rows, target: float, tol: float = 0.1) -> list:
     return sorted(near, key=lambda r: -r["recall@10"]) + ceiling
 
 
+def best_under(rows, targets, families=SUMMARY_FAMILIES, tol: float = 0.1) -> list:
+    """Per target: the best recall@10 of each family among its rows of at most (1 + tol) x target bytes per item,
+    as "recall (bytes B)" cells."""
+    out = []
+    for target in targets:
+        row = {"budget": f"{target} B"}
+        for fam in families:
+            fit = [r for r in rows if r["family"] == fam and r["bytes_per_item"] <= (1 + tol) * target]
+            if fit:
+                best = max(fit, key=lambda r: r["recall@10"])
+                row[fam] = f"{best['recall@10']:.3f} ({best['bytes_per_item']:.0f} B)"
+        out.append(row)
+    return out
+
+
 def markdown(rows, cfg) -> str:
+    budgets = cfg.get("budgets", [])
     intro = (f"{cfg['n']} items, d={cfg['d']}, {cfg['queries']} queries; recall against exact dense top 100 "
-             f"({cfg['ground_truth']}); our models (k, h) {', '.join(map(str, cfg['grid_k_h']))}, each trained {cfg['steps']} steps of "
-             f"batch {cfg['batch_size']} on the items; dense rerank and binary rescoring take {cfg['candidates']} "
+             f"({cfg['ground_truth']}); our models (k, h) {', '.join(map(str, cfg['grid_k_h']))}, each trained "
+             f"{cfg['steps']} steps of batch {cfg['batch_size']} on the items"
+             + (f", measured as float16 codes and as compact codes of {', '.join(map(str, budgets))} bytes "
+                f"({cfg['value_bits']}-bit values)" if budgets else "")
+             + f"; dense rerank and binary rescoring take {cfg['candidates']} "
              f"candidates; QPS and latency at top_k={cfg['timed_top_k']} ({cfg['cores']} cores); bytes per item: "
              f"what the method keeps in memory per item (constants such as models, PCA matrices and codebooks "
-             f"are in the JSON's constant_bytes).")
+             f"are in the JSON's constant_bytes); candidate_recall@10: the exact top 10 found among a rerank's "
+             f"candidates; encode_us_per_item: encoding the items, per item.")
     out = [intro if cfg.get("complete", True) else "**Incomplete: the run was still going.** " + intro]
-    for target in sorted({64, 128} | set(cfg["peer_bytes"])):
+    targets = sorted({64, 128} | set(cfg["peer_bytes"]) | set(budgets))
+    present = [f for f in SUMMARY_FAMILIES if any(r["family"] == f for r in rows)]
+    if present and rows:
+        out += ["\n## Best recall@10 at or under each budget (+10%)\n",
+                md_table(best_under(rows, targets, present), ["budget"] + present)]
+    for target in targets:
         sub = at_bytes(rows, target)
         if len(sub) > 1:
             out += [f"\n## About {target} bytes per item (within 10%)\n", md_table(sub, COLUMNS)]
     out += ["\n## Every method\n", md_table(sorted(rows, key=lambda r: (r["family"], r["bytes_per_item"])),
-                                             COLUMNS + ["raw_code_bytes", "train_s"])]
+                                             COLUMNS + ["code_k", "raw_code_bytes", "train_s"])]
     return "\n".join(out)
 
 
 MARKERS = {"ours sparse": ("o", "C3"), "ours dense rerank": ("s", "C1"), "ours dense all": ("D", "C5"),
+           "ours compact dense all": ("D", "C6"), "ours compact dense rerank": ("s", "C6"),
            "truncation fp32": ("v", "C0"), "truncation fp16": ("^", "C0"), "PCA fp32": ("<", "C2"),
            "PCA fp16": (">", "C2"), "PCA int8": ("p", "C2"), "binary": ("x", "C7"), "binary+rescore": ("+", "C7"),
-           "PQ": ("h", "C4"), "OPQ": ("H", "C9"), "flat": ("*", "k"), "HNSW": ("P", "C8")}
+           "PQ": ("h", "C4"), "OPQ": ("H", "C9"), "RaBitQ": ("d", "darkcyan"), "flat": ("*", "k"), "HNSW": ("P", "C8")}
+UNCONNECTED = ("flat", "HNSW", "binary", "binary+rescore", "ours sparse", "ours dense rerank", "ours dense all")
 
 
 def plots(rows, out: Path, name: str) -> None:
+    """recall@10 against bytes per item and against QPS; the compact codes of one model are joined across budgets."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     for x_key, x_label, fname in (("bytes_per_item", "bytes per item (log)", "recall_vs_bytes.png"),
                                   ("qps_all_cores", "queries per second, all cores (log)", "recall_vs_qps.png")):
-        fig, ax = plt.subplots(figsize=(10, 6.5))
+        fig, ax = plt.subplots(figsize=(11, 7))
         for fam in dict.fromkeys(r["family"] for r in rows):
-            sub = sorted((r for r in rows if r["family"] == fam), key=lambda r: r[x_key])
             marker, color = MARKERS.get(fam, ("o", None))
             ours = fam.startswith("ours")
-            ax.plot([r[x_key] for r in sub], [r["recall@10"] for r in sub], marker=marker, color=color,
-                    linestyle="none" if ours or fam in ("flat", "HNSW", "binary", "binary+rescore") else ":",
-                    markersize=7 if ours else 8, label=fam, alpha=0.85)
+            fam_rows = [r for r in rows if r["family"] == fam]
+            # one line per model for compact codes (across budgets), one per family for a peer swept over sizes
+            groups = dict.fromkeys((r["k"], r["h"]) if fam.startswith("ours compact") else None for r in fam_rows)
+            for i, g in enumerate(groups):
+                sub = sorted((r for r in fam_rows if g is None or (r["k"], r["h"]) == g), key=lambda r: r[x_key])
+                ax.plot([r[x_key] for r in sub], [r["recall@10"] for r in sub], marker=marker, color=color,
+                        linestyle="none" if fam in UNCONNECTED else ("-" if ours else ":"),
+                        markersize=7 if ours else 8, label=fam if i == 0 else None, alpha=0.85,
+                        markerfacecolor="none" if fam == "ours compact dense rerank" else None)
             if ours:
-                for r in sub:
+                for r in fam_rows:
                     ax.annotate(f"{r['k']},{r['h'] // 1024}k", (r[x_key], r["recall@10"]), fontsize=6,
                                 xytext=(3, 2), textcoords="offset points", color=color)
         ax.set_xscale("log")
@@ -317,7 +457,7 @@ def plots(rows, out: Path, name: str) -> None:
         ax.set_ylabel("recall@10 vs exact dense search")
         ax.set_ylim(0, 1.02)
         ax.grid(True, which="both", alpha=0.3)
-        ax.set_title(f"{name}: recall@10 against {x_label.split(' (')[0]}; ours labelled (k, h)")
+        ax.set_title(f"{name}: recall@10 against {x_label.split(' (')[0]}; ours labelled (model k, h)")
         ax.legend(fontsize=8, loc="best", ncol=2)
         fig.tight_layout()
         fig.savefig(out / fname, dpi=110)

@@ -41,7 +41,14 @@ def make_data(folder: Path, *, gt: bool, items_name: str = "docs.npy") -> Path:
 
 
 ARGS = ["--k", "4", "--h", "32", "--steps", "3", "--batch-size", "64", "--peer-bytes", "8", "16", "64",
-        "--opq-bytes", "8", "--candidates", "40", "--queries", "5", "--budget", "0.01", "--hnsw", "8", "20", "16"]
+        "--opq-bytes", "8", "--candidates", "40", "--queries", "5", "--budget", "0.01", "--hnsw", "8", "20", "16",
+        "--budgets", "16", "32"]
+BUDGETS = (16, 32)
+
+
+def has_rabitq() -> bool:
+    import faiss
+    return hasattr(faiss, "IndexRaBitQ")
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +65,15 @@ def test_outputs_are_written_with_every_method(run):
     assert record["command"].startswith("python -m benchmarks.compare --data") and record["commit"]
     families = {r["family"] for r in record["results"]}
     assert families == {"ours sparse", "ours dense rerank", "ours dense all", "truncation fp32", "truncation fp16",
-                        "PCA fp32", "PCA fp16", "PCA int8", "PQ", "OPQ", "binary", "binary+rescore", "flat", "HNSW"}
+                        "PCA fp32", "PCA fp16", "PCA int8", "PQ", "OPQ", "binary", "binary+rescore", "flat", "HNSW",
+                        "ours compact dense all", "ours compact dense rerank"} | ({"RaBitQ"} if has_rabitq() else set())
+    assert record["config"]["budgets"] == list(BUDGETS) and record["config"]["value_bits"] >= 2
     assert len(record["results"]) == len(run["rows"])
     md = (out / "compare.md").read_text()
     assert "## About 16 bytes per item" in md and "## Every method" in md
+    assert "## About 32 bytes per item" in md and "## Best recall@10 at or under each budget" in md
+    about16 = md.split("## About 16 bytes per item")[1].split("\n## ")[0]
+    assert "ours compact dense all (16 B" in about16 and "PQ M=16 (8-bit)" in about16
     for png in ("recall_vs_bytes.png", "recall_vs_qps.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for r in run["rows"]:
@@ -105,6 +117,51 @@ def test_peers_are_sane(run):
     assert by["ours dense all (k=4, h=32)"]["recall@10"] >= 0.1
 
 
+def test_compact_codes_at_each_budget(run, compare):
+    import csae_engine as ce
+    from csae_engine.compact import compact_k
+    from csae_engine.models.encoding import DEFAULT_VALUE_BITS
+    rows = run["rows"]
+    data = compare.Data(run["data"], run["tmp"] / "cache")
+    model, _ = compare.grid_model(data, 32, 4, 3, batch_size=64)
+    for budget in BUDGETS:
+        k = compact_k(32, budget, DEFAULT_VALUE_BITS)
+        tag = f"({budget} B, k={k}, h=32, model k=4)"
+        dense, rerank = run["by"][f"ours compact dense all {tag}"], run["by"][f"ours compact dense rerank 100 {tag}"]
+        nb = ce.Engine(model).build(data.X, bytes_per_item=budget).nbytes()
+        postings = (nb["offsets"] + nb["local_ids"] + nb["post_values"]) / N
+        assert dense["bytes_per_item"] == nb["fwd_packed"] / N <= budget  # the packed forward store alone
+        assert budget - 2 < dense["bytes_per_item"]  # the budget is used: one more entry would not fit
+        assert rerank["bytes_per_item"] == pytest.approx(postings + nb["fwd_packed"] / N)
+        for r in (dense, rerank):
+            assert (r["code_k"], r["k"], r["h"], r["budget"], r["value_bits"]) == (k, 4, 32, budget, DEFAULT_VALUE_BITS)
+            assert r["encode_us_per_item"] > 0 and 0 <= r["recall@10"] <= 1
+        assert "candidate_recall@10" not in dense
+        assert rerank["recall@10"] <= rerank["candidate_recall@10"] <= 1  # the rerank keeps candidates only
+    assert run["by"][f"ours compact dense all (32 B, k={compact_k(32, 32, DEFAULT_VALUE_BITS)}, h=32, model k=4)"][
+        "recall@10"] >= 0.1
+    for r in rows:
+        if "rerank" in r["family"]:
+            assert 0 <= r["candidate_recall@10"] <= 1 and r["recall@10"] <= r["candidate_recall@10"] + 1e-9
+        if r["family"].startswith("ours"):
+            assert r["encode_us_per_item"] > 0
+
+
+def test_rabitq_peers(run):
+    if not has_rabitq():
+        pytest.skip("this faiss has no IndexRaBitQ")
+    import faiss
+    found = {r["bits"]: r for r in run["rows"] if r["family"] == "RaBitQ"}
+    assert set(found) == {1, 2, 3, 4}
+    for bits, r in found.items():
+        assert r["method"] == f"RaBitQ {bits}-bit (FAISS, qb=4)" and r["qb"] == 4
+        assert r["bytes_per_item"] == faiss.IndexRaBitQ(D, faiss.METRIC_INNER_PRODUCT, bits).code_size
+        assert 0 <= r["recall@10"] <= 1 and r["encode_us_per_item"] > 0
+    sizes = [found[b]["bytes_per_item"] for b in (1, 2, 3, 4)]
+    assert sizes == sorted(sizes) and sizes[0] >= D / 8  # sign bits + per-vector factors, more with more bits
+    assert found[4]["recall@10"] >= found[1]["recall@10"]
+
+
 def test_recall_against_brute_force(compare, tmp_path):
     data = compare.Data(make_data(tmp_path / "d", gt=True), tmp_path / "cache")
     exact = exact_topk(data.Q, data.X, 105)
@@ -131,7 +188,7 @@ def test_missing_ground_truth_is_computed_and_cached(compare, tmp_path):
 
 def test_a_rerun_reuses_trained_models(compare, run):
     rows = compare.main(["--data", str(run["data"]), "--out", str(run["tmp"] / "out2"),
-                         "--cache-dir", str(run["tmp"] / "cache"), "--peers", "flat"] + ARGS)
+                         "--cache-dir", str(run["tmp"] / "cache"), "--peers", "flat"] + ARGS + ["--budgets"])
     by = {r["method"]: r for r in rows}
     assert by["ours sparse (k=4, h=32)"]["train_s"] == run["by"]["ours sparse (k=4, h=32)"]["train_s"]
     assert {r["family"] for r in rows} == {"ours sparse", "ours dense rerank", "ours dense all", "flat"}
