@@ -38,7 +38,7 @@ COMPACT_FORMAT_VERSION = 3  # the codes file format version of compact codes (co
 MIN_VALUE_BITS, MAX_VALUE_BITS = 2, 16
 _ROWS_PER_CHUNK = 16384  # bounds the (rows, k, bits) bit matrix of pack/unpack
 INDEX_CODINGS = ("packed", "ef")  # fixed-width latents, strongest first; Elias-Fano coded sorted latents
-DEFAULT_INDEX_CODING = "packed"
+DEFAULT_INDEX_CODING = "ef"  # 128 B: 80 entries, dense recall@10 0.832 against 0.803 (benchmarks/results/compact_*)
 
 
 def index_bits(h: int) -> int:

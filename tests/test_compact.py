@@ -22,7 +22,7 @@ def random_entries(rng, n, k, h, vb):
 def test_pack_unpack_round_trips_exactly(h, k, vb):
     rng = np.random.default_rng(h + k + vb)
     indices, q, scales = random_entries(rng, 300, k, h, vb)
-    codes = CompactCodes.pack(indices, q, scales, h, vb)
+    codes = CompactCodes.pack(indices, q, scales, h, vb, "packed")
     assert codes.packed.shape == (300, codes.row_bytes) and codes.row_bytes == 2 + -(-k * (index_bits(h) + vb) // 8)
     back_idx, back_q = codes.unpack()
     np.testing.assert_array_equal(back_idx, indices)
@@ -121,8 +121,8 @@ def test_byte_budget_holds_for_every_h_and_k(h, vb, coding):
 
 
 def test_ef_fits_more_entries_than_fixed_width():
-    assert (compact_k(4096, 128, 4, "ef"), compact_k(4096, 128, 4)) == (88, 63)
-    assert (compact_k(4096, 64, 4, "ef"), compact_k(4096, 64, 4)) == (39, 31)
+    assert (compact_k(4096, 128, 4, "ef"), compact_k(4096, 128, 4, "packed")) == (88, 63)
+    assert (compact_k(4096, 64, 4, "ef"), compact_k(4096, 64, 4, "packed")) == (39, 31)
 
 
 def test_bad_budgets_are_refused():
@@ -143,13 +143,13 @@ def test_bad_budgets_are_refused():
 
 def test_compact_codes_save_and_load(tmp_path):
     rng = np.random.default_rng(0)
-    codes = CompactCodes.pack(*random_entries(rng, 50, 9, 300, 5), 300, 5)
+    codes = CompactCodes.pack(*random_entries(rng, 50, 9, 300, 5), 300, 5, "packed")
     codes.save(tmp_path / "c.npz")
     back = ce.load_codes(tmp_path / "c.npz")
     assert isinstance(back, CompactCodes) and (back.h, back.k, back.value_bits) == (300, 9, 5)
     np.testing.assert_array_equal(back.packed, codes.packed)
     with pytest.raises(ValueError, match="packed rows have"):
-        CompactCodes(codes.packed[:, :-1], 300, 9, 5)
+        CompactCodes(codes.packed[:, :-1], 300, 9, 5, "packed")
     ef = CompactCodes.pack(*random_entries(rng, 50, 9, 300, 5), 300, 5, "ef")
     ef.save(tmp_path / "ef.npz")
     back = ce.load_codes(tmp_path / "ef.npz")
@@ -178,11 +178,12 @@ def test_encode_ef_at_a_budget_holds_the_same_support_as_packed_at_the_same_k():
     X = rng.standard_normal((150, 24)).astype(np.float32)
     model = ce.CompresSAE(24, 256, 8, seed=0)
     codes = model.encode(X, bytes_per_item=64, index_coding="ef")
-    assert codes.index_coding == "ef" and codes.k == compact_k(256, 64, 4, "ef") > compact_k(256, 64, 4)
+    vb = codes.value_bits
+    assert codes.index_coding == "ef" and codes.k == compact_k(256, 64, vb, "ef") > compact_k(256, 64, vb, "packed")
     assert codes.bytes_per_item <= 64
     idx, _ = codes.unpack()
     assert (np.diff(idx, axis=1) > 0).all(), "stored by increasing latent"
-    fixed = encode_compact(model, X, k=codes.k)
+    fixed = encode_compact(model, X, k=codes.k, index_coding="packed")
     np.testing.assert_array_equal(np.sort(fixed.unpack()[0], 1), idx)
     np.testing.assert_allclose(model.decode(codes), model.decode(fixed), atol=1e-6)
     with pytest.raises(ValueError, match="give bytes_per_item too"):

@@ -81,7 +81,7 @@ def test_compact_index_updates_save_and_load(trained, tmp_path, index_coding):
 
 def test_an_index_saved_before_index_codings_loads_as_fixed_width(trained, tmp_path):
     model, X = trained
-    engine = ce.Engine(model).build(X[:300], bytes_per_item=40)
+    engine = ce.Engine(model).build(X[:300], bytes_per_item=40, index_coding="packed")
     engine.save(tmp_path / "index")
     path = tmp_path / "index" / "manifest.json"
     manifest = json.loads(path.read_text())

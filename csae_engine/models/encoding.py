@@ -12,7 +12,7 @@ from ..utils import positive_int, progress_bar
 
 __all__ = ["DEFAULT_VALUE_BITS", "ValueRefit", "autocast", "encode_rows", "encode_compact", "decode_codes"]
 
-DEFAULT_VALUE_BITS = 4  # compact codes; measured in benchmarks/results/ (quality_compact_*)
+DEFAULT_VALUE_BITS = 5  # compact codes: 4 and 5 tie at 64 B, 5 wins at 128 B (benchmarks/results/compact_*)
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
