@@ -12,6 +12,7 @@ from ..utils import positive_int, progress_bar
 
 __all__ = ["DEFAULT_VALUE_BITS", "ValueRefit", "autocast", "encode_rows", "encode_compact", "decode_codes"]
 
+REFIT_BATCH_BYTES = 1 << 28  # a refit batch's float64 Gram blocks stay near this size (k=170: 1,161 rows)
 DEFAULT_VALUE_BITS = 5  # compact codes: 4 and 5 tie at 64 B, 5 wins at 128 B (benchmarks/results/compact_*)
 
 
@@ -70,6 +71,8 @@ def _encoded_batches(model, X, k: int, batch_size: int, progress, refit: bool):
     X = model.check_input(X)
     n = X.shape[0]
     fit = ValueRefit(model) if refit else None
+    if fit is not None:  # each row's float64 k x k Gram block: keep a batch's blocks near 256 MiB
+        batch_size = min(batch_size, max(64, REFIT_BATCH_BYTES // (8 * k * k)))
     batches = progress_bar(iter_batches(X, batch_size), total=-(-n // batch_size), desc="encode", unit="batch",
                            progress=progress, items=n)
     for start, batch in batches:
