@@ -113,16 +113,10 @@ struct EFCodes {
 
     float dot(const float* p, int64_t item) const {
         const uint8_t* r = row(item);
-        float score = half_to_float(load_le16(r)) * entries_dot(r, p);
-        if (has_bias) score += half_to_float(load_le16(r + 2)) * p[h];
-        return score;
+        return row_score(r, entries_dot(r, p), has_bias, p, h);
     }
 
-    void prefetch(int64_t item) const {
-        const char* r = reinterpret_cast<const char*>(row(item));
-        for (size_t at = 0; at < row_bytes; at += 64) __builtin_prefetch(r + at);
-        __builtin_prefetch(r + row_bytes - 1);
-    }
+    void prefetch(int64_t item) const { prefetch_row(row(item), row_bytes); }
 
   private:
     // The bitmap's 56 bits from position pos (fewer at its end), never reading past the row.

@@ -52,6 +52,20 @@ inline int32_t entry_value(uint64_t bits, unsigned ib, unsigned vb) {
     return static_cast<int32_t>(static_cast<uint32_t>(bits >> ib) << (32 - vb)) >> (32 - vb);  // sign-extend vb bits
 }
 
+// A compact row's score from its header: the float16 scale s / |x_hat| times sum_j q_j p[latent_j] (``entries``),
+// plus, with a decoder bias, the float16 weight 1 / |x_hat| at bytes 2-3 times p[h]. Shared by every row coding.
+inline float row_score(const uint8_t* r, float entries, bool has_bias, const float* p, size_t h) {
+    float score = half_to_float(load_le16(r)) * entries;
+    if (has_bias) score += half_to_float(load_le16(r + 2)) * p[h];
+    return score;
+}
+
+inline void prefetch_row(const uint8_t* r, size_t row_bytes) {
+    const char* c = reinterpret_cast<const char*>(r);
+    for (size_t at = 0; at < row_bytes; at += 64) __builtin_prefetch(c + at);
+    __builtin_prefetch(c + row_bytes - 1);
+}
+
 template <unsigned IB = 0, unsigned VB = 0>
 struct PackedCodes {
     static_assert((IB == 0) == (VB == 0), "both widths fixed, or both read at run time");
@@ -84,16 +98,10 @@ struct PackedCodes {
 
     float dot(const float* p, int64_t item) const {
         const uint8_t* r = row(item);
-        float score = half_to_float(load_le16(r)) * entries_dot(r, p);
-        if (has_bias) score += half_to_float(load_le16(r + 2)) * p[h];
-        return score;
+        return row_score(r, entries_dot(r, p), has_bias, p, h);
     }
 
-    void prefetch(int64_t item) const {
-        const char* r = reinterpret_cast<const char*>(row(item));
-        for (size_t at = 0; at < row_bytes; at += 64) __builtin_prefetch(r + at);
-        __builtin_prefetch(r + row_bytes - 1);
-    }
+    void prefetch(int64_t item) const { prefetch_row(row(item), row_bytes); }
 
   private:
     // sum_j q_j * p[latent_j] over entries [j, k), each read with a bounds check.
