@@ -23,6 +23,13 @@ def assert_same_topk(ids, scores, ref_scores_full, top_k, atol=1e-5):
     assert all(len(set(row)) == top_k for row in ids)
 
 
+def restricted_to(scores, candidates):
+    """scores (nq, n) where each row keeps only its candidates' columns; -inf elsewhere."""
+    out = np.full_like(scores, -np.inf)
+    np.put_along_axis(out, candidates, np.take_along_axis(scores, candidates, 1), 1)
+    return out
+
+
 @pytest.fixture(scope="module")
 def small_model():
     torch.manual_seed(0)
@@ -85,8 +92,7 @@ def test_dense_mode_equals_naive_reconstruct_then_cosine(trained, wordnet):
     assert_same_topk(ids, scores, naive, 10, atol=2e-3)
     # rerank of the sparse top-50 equals the naive cosine restricted to those candidates
     cand, _ = engine.search(Q, top_k=50)
-    restricted = np.full_like(naive, -np.inf)
-    np.put_along_axis(restricted, cand, np.take_along_axis(naive, cand, 1), 1)
+    restricted = restricted_to(naive, cand)
     ids, scores = engine.search(Q, top_k=10, mode="dense", candidates=50)
     assert_same_topk(ids, scores, restricted, 10, atol=2e-3)
 

@@ -8,7 +8,7 @@ import pytest
 import csae_engine as ce
 from csae_engine.compact import CompactCodes
 from conftest import unit
-from test_engine import assert_same_topk
+from test_engine import assert_same_topk, restricted_to
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,7 @@ def test_dense_mode_over_compact_codes_equals_decode_then_cosine(trained, wordne
     ids, scores = engine.search(Q, top_k=10, mode="dense", candidates="all")
     assert_same_topk(ids, scores, naive, 10, atol=2e-3)
     cand, _ = engine.search(Q, top_k=60)
-    restricted = np.full_like(naive, -np.inf)
-    np.put_along_axis(restricted, cand, np.take_along_axis(naive, cand, 1), 1)
+    restricted = restricted_to(naive, cand)
     ids, scores = engine.search(Q, top_k=10, mode="dense", candidates=60)
     assert_same_topk(ids, scores, restricted, 10, atol=2e-3)
 
