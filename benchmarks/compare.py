@@ -19,11 +19,12 @@ Methods
   ours sparse        cosine between sparse codes, exact over the inverted index
   ours dense rerank  the sparse mode's top --candidates, rescored by cos(q, x_hat)
   ours dense all     cos(q, x_hat) over every item (forward codes only)
-  ours compact       the same model's compact codes at each --budgets byte budget (Engine.build(X,
-                     bytes_per_item=B): as many refitted entries of ceil(log2 h) + --value-bits bits as fit,
-                     csae_engine/compact.py): "dense all" over every item (the packed forward store only) and
-                     "dense rerank" of the sparse mode's candidates (posting lists of the strongest model-k
-                     entries + the packed forward store)
+  ours compact       the same model's forward codes at each --budgets byte budget (Engine.build(X,
+                     bytes_per_item=B)): a compact sparse code (refitted entries, --value-bits bits per value,
+                     csae_engine/compact.py) and --residual-bytes of product-quantised residual
+                     (csae_engine/residual.py) in B bytes: "dense all" over every item (the forward store only)
+                     and "dense rerank" of the sparse mode's candidates (posting lists of the encoder's model-k
+                     codes + the forward store)
   peers              truncation, PCA (fp32/fp16/int8), binary (+ rescore), PQ, OPQ, FAISS RaBitQ (1-4 bits per
                      dimension), flat, HNSW: benchmarks/peers.py
 
@@ -33,8 +34,9 @@ in memory per item to answer queries; constants such as a PCA matrix or PQ codeb
 build time (training included; our models' training is cached), QPS on all cores (the batch of all queries) and on
 one thread (a batch of --queries), p50 / p99 latency of single queries on one thread (--queries of them, fewer
 for slow methods: at most --latency-budget seconds each). QPS and latency are timed at top_k=10.
-encode_us_per_item: encoding the items, per item (ours: model.encode on the items, timed apart from indexing,
-which is what Engine.build does; peers: adding the items to the index, transform included).
+encode_us_per_item: encoding the items, per item (ours, float16 codes: model.encode on the items, timed apart from
+indexing; ours compact: the whole Engine.build, residual training included; peers: adding the items to the index,
+transform included).
 candidate_recall@10 (rerank methods: ours dense rerank, binary + rescore): the share of the exact top 10 found
 among the first stage's candidates, the ceiling of the rerank's recall@10.
 """
@@ -193,10 +195,11 @@ def compact_methods(engine, model, h: int, k: int, budget: int, train_s: float, 
     cfg = engine.config
     model_bytes = sum(p.numel() * 4 for p in model.parameters())
     common = dict(h=h, k=k, code_k=cfg["k"], budget=budget, value_bits=cfg["value_bits"],
+                  residual_bytes=cfg["residual_m"],
                   index_terms=cfg["index_terms"], raw_code_bytes=forward, train_s=train_s, index_s=index_s,
                   encode_us_per_item=encode_us(encode_s, len(engine)), constant_bytes=model_bytes,
                   build_s=train_s + encode_s + index_s, **({"other_bytes_per_item": other} if other else {}))
-    tag = f"{budget} B, k={cfg['k']}, h={h}, model k={k}"
+    tag = f"{budget} B, k={cfg['k']}, residual {cfg['residual_m']} B, h={h}, model k={k}"
     cands = max(candidates, TOP)
     return [Method(f"ours compact dense all ({tag})", "ours compact dense all", _mode(engine, "dense", "all"),
                    forward, **common),
@@ -262,6 +265,8 @@ def main(argv=None, prog: str = "python -m benchmarks.compare"):
     p.add_argument("--budgets", type=int, nargs="*", default=list(DEFAULT_BUDGETS),
                    help="bytes of forward code per item at which each grid model's compact codes are measured "
                         "(default " + " ".join(map(str, DEFAULT_BUDGETS)) + "; none: float16 codes only)")
+    p.add_argument("--residual-bytes", type=int, default=None,
+                   help="residual code bytes of the compact codes (default: Engine.build's split; 0: none)")
     p.add_argument("--value-bits", type=int, default=None,
                    help="bits per value of compact codes (default the library's DEFAULT_VALUE_BITS)")
     p.add_argument("--steps", type=int, default=DEFAULT_STEPS,
@@ -306,7 +311,7 @@ def main(argv=None, prog: str = "python -m benchmarks.compare"):
         p.error(f"--grid takes k,h pairs such as 32,4096, got {a.grid}")
     if any(len(pair) != 2 for pair in grid):
         p.error(f"--grid takes k,h pairs such as 32,4096, got {a.grid}")
-    from csae_engine.compact import MAX_VALUE_BITS, MIN_VALUE_BITS, compact_k
+    from csae_engine.compact import MAX_VALUE_BITS, MIN_VALUE_BITS
     from csae_engine.models.encoding import DEFAULT_VALUE_BITS
     value_bits = DEFAULT_VALUE_BITS if a.value_bits is None else a.value_bits
     if not MIN_VALUE_BITS <= value_bits <= MAX_VALUE_BITS:
@@ -316,6 +321,7 @@ def main(argv=None, prog: str = "python -m benchmarks.compare"):
            "seed": a.seed, "peer_bytes": a.peer_bytes, "opq_bytes": a.opq_bytes,
            "pq_train_points": min(data.n, PQ_TRAIN_POINTS), "opq_iterations": OPQ_ITERATIONS,
            "candidates": a.candidates, "hnsw": a.hnsw, "budgets": a.budgets, "value_bits": value_bits,
+           "residual_bytes": a.residual_bytes,
            "rabitq_bits": a.rabitq_bits,
            "latency_queries": a.queries, "budget_s": a.budget, "cores": cores, "timed_top_k": TIMED_TOP_K}
     rows = []
@@ -349,16 +355,14 @@ def main(argv=None, prog: str = "python -m benchmarks.compare"):
         measure(our_methods(engine, model, h, k, train_s, index_s, a.candidates, encode_s))
         del engine, codes
         for budget in a.budgets:
-            try:
-                compact_k(h, budget, value_bits)
+            try:  # the whole build (encoding, residual training, indexing) is timed as encoding
+                build_s, engine = _timed(lambda model=model, budget=budget: ce.Engine(model).build(
+                    data.X, bytes_per_item=budget, value_bits=value_bits, residual_bytes=a.residual_bytes))
             except ValueError as e:
                 log(f"  compact codes at {budget} B (k={k}, h={h}): skipped, {e}")
                 continue
-            encode_s, codes = _timed(lambda model=model, budget=budget: model.encode(
-                data.X, bytes_per_item=budget, value_bits=value_bits))
-            index_s, engine = _timed(lambda model=model, codes=codes: ce.Engine(model).build_codes(codes))
-            measure(compact_methods(engine, model, h, k, budget, train_s, encode_s, index_s, a.candidates))
-            del engine, codes
+            measure(compact_methods(engine, model, h, k, budget, train_s, build_s, 0.0, a.candidates))
+            del engine
     md = save(True)
     log(md)
     log(f"wrote {out}/compare.json, compare.md, recall_vs_bytes.png, recall_vs_qps.png")

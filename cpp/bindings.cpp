@@ -345,20 +345,24 @@ IndexCoding index_coding_of(const std::string& name) {
     throw std::invalid_argument("index_coding must be 'packed' or 'ef', got '" + name + "'");
 }
 
-// Packed forward codes (packed.h, ef.h): an (n, row_bytes) uint8 array, each row a float16 scale, a float16 bias
-// weight when has_bias, and k (latent, value) entries: of index_bits + value_bits bits each (coding "packed"), or
+// Packed forward codes (packed.h, ef.h): an (n, row_bytes) uint8 array, each row a header (RowLayout: a float16
+// scale, a float16 weight with a decoder bias or a residual code, residual_m residual bytes), and k (latent, value)
+// entries: of index_bits + value_bits bits each (coding "packed"), or
 // Elias-Fano coded (coding "ef": index_bits is then the low bits per latent, set from h and k). Held like
 // ForwardArrays; the constructor checks the shape and widths, check_contents (no GIL) every latent and scale.
 struct PackedArrays {
     py::array packed;
     size_t rows = 0, row_bytes = 0, k = 0, h = 0;
     unsigned index_bits = 0, value_bits = 0;
-    bool has_bias = false;
+    csae::RowLayout layout;
     IndexCoding coding = IndexCoding::fixed;
 
     PackedArrays(py::array packed_in, size_t n, size_t h_, int64_t k_, int64_t ib, int64_t vb, bool bias,
-                 IndexCoding coding_)
-        : packed(std::move(packed_in)), h(h_), has_bias(bias), coding(coding_) {
+                 int64_t residual_m, IndexCoding coding_)
+        : packed(std::move(packed_in)), h(h_), coding(coding_) {
+        if (residual_m < 0 || residual_m > 65536)
+            throw std::invalid_argument("residual_m must be in 0..65536, got " + std::to_string(residual_m));
+        layout = csae::RowLayout{h, bias, static_cast<size_t>(residual_m)};
         const bool ef = coding == IndexCoding::ef;
         if (!ef && (ib < 1 || ib > 32))
             throw std::invalid_argument("index_bits must be in 1..32, got " + std::to_string(ib));
@@ -375,7 +379,7 @@ struct PackedArrays {
         rows = static_cast<size_t>(packed.shape(0)), row_bytes = static_cast<size_t>(packed.shape(1));
         if (rows != n)
             throw std::invalid_argument("fwd_packed has " + std::to_string(rows) + " rows, expected n = " + std::to_string(n));
-        const size_t header = has_bias ? 4 : 2;
+        const size_t header = layout.bytes();
         if (!ef && k >= (size_t{1} << 31))  // guards the product below
             throw std::invalid_argument("k = " + std::to_string(k) + " entries do not fit a row (2^31 bits at most)");
         const size_t bits = ef ? csae::ef_stream_bits(h, k, value_bits) : k * (index_bits + value_bits);
@@ -394,8 +398,8 @@ struct PackedArrays {
     }
 
     size_t n() const { return rows; }
-    size_t width() const { return k + has_bias; }        // the plain format's columns: k, and the bias column
-    size_t index_bound() const { return h + has_bias; }  // projections need the bias column h too
+    size_t width() const { return k + layout.has_bias; }     // the plain format's columns: k, and the bias column
+    size_t index_bound() const { return layout.index_bound(); }  // p: h columns, the bias column, residual tables
 
     // Calls fn(PackedCodes<IB, VB>) with compile-time widths for the common layouts, PackedCodes<> otherwise;
     // ef rows: fn(EFCodes<VB>), likewise.
@@ -405,7 +409,7 @@ struct PackedArrays {
         if (coding == IndexCoding::ef) {
             auto ef_codes = [&](auto tag) {
                 using Codes = typename decltype(tag)::type;
-                fn(Codes(data, rows, row_bytes, k, value_bits, has_bias, h));
+                fn(Codes(data, rows, row_bytes, k, value_bits, layout));
             };
             if (value_bits == 4) return ef_codes(Type<csae::EFCodes<4>>{});
             if (value_bits == 8) return ef_codes(Type<csae::EFCodes<8>>{});
@@ -413,7 +417,7 @@ struct PackedArrays {
         }
         auto codes = [&](auto tag) {
             using Codes = typename decltype(tag)::type;
-            fn(Codes(data, rows, row_bytes, k, index_bits, value_bits, has_bias, h));
+            fn(Codes(data, rows, row_bytes, k, index_bits, value_bits, layout));
         };
         const unsigned ib = index_bits, vb = value_bits;
         if (ib == 12 && vb == 4) return codes(Type<csae::PackedCodes<12, 4>>{});
@@ -428,10 +432,10 @@ struct PackedArrays {
     void check_contents() const {
         if (coding == IndexCoding::ef) {
             const csae::EFCodes<> fc(static_cast<const uint8_t*>(packed.data()), rows, row_bytes, k, value_bits,
-                                     has_bias, h);
+                                     layout);
             for (size_t i = 0; i < rows; ++i) {
                 const int64_t item = static_cast<int64_t>(i);
-                check_header(i, fc.scale(item), fc.bias_weight(item));
+                check_header(i, fc.scale(item), fc.weight(item));
                 const std::string problem = fc.check_row(item);
                 if (!problem.empty())
                     throw std::invalid_argument("fwd_packed row " + std::to_string(i) + ", " + problem);
@@ -439,10 +443,10 @@ struct PackedArrays {
             return;
         }
         const csae::PackedCodes<> fc(static_cast<const uint8_t*>(packed.data()), rows, row_bytes, k, index_bits,
-                                     value_bits, has_bias, h);
+                                     value_bits, layout);
         for (size_t i = 0; i < rows; ++i) {
             const int64_t item = static_cast<int64_t>(i);
-            check_header(i, fc.scale(item), fc.bias_weight(item));
+            check_header(i, fc.scale(item), fc.weight(item));
             for (size_t j = 0; j < k; ++j)
                 if (fc.index(item, j) >= h)
                     throw std::invalid_argument("fwd_packed row " + std::to_string(i) + ", entry " + std::to_string(j) +
@@ -451,13 +455,13 @@ struct PackedArrays {
         }
     }
 
-    static void check_header(size_t i, float scale, float bias_weight) {
+    static void check_header(size_t i, float scale, float weight) {
         if (!std::isfinite(scale))
             throw std::invalid_argument("fwd_packed row " + std::to_string(i) + ": scale is not finite (" +
                                         std::to_string(scale) + ")");
-        if (!std::isfinite(bias_weight))
-            throw std::invalid_argument("fwd_packed row " + std::to_string(i) + ": bias_weight is not finite (" +
-                                        std::to_string(bias_weight) + ")");
+        if (!std::isfinite(weight))
+            throw std::invalid_argument("fwd_packed row " + std::to_string(i) + ": weight is not finite (" +
+                                        std::to_string(weight) + ")");
     }
 };
 
@@ -550,12 +554,13 @@ class SegmentIndex {
     // The same segment with packed forward codes (PackedArrays).
     static SegmentIndex packed(py::array offsets, py::array local_ids, py::array post_values, py::array fwd_packed,
                                int64_t n, int64_t h, int64_t window_bits, int64_t k, int64_t index_bits,
-                               int64_t value_bits, bool has_bias, const std::string& index_coding) {
+                               int64_t value_bits, bool has_bias, const std::string& index_coding,
+                               int64_t residual_m) {
         const IndexCoding coding = index_coding_of(index_coding);
         PostingArrays postings(std::move(offsets), std::move(local_ids), std::move(post_values), n, h, window_bits,
                                "post_values");
         PackedArrays packed(std::move(fwd_packed), postings.n, postings.h, k, index_bits, value_bits, has_bias,
-                            coding);
+                            residual_m, coding);
         {
             py::gil_scoped_release release;
             postings.check_contents();
@@ -620,6 +625,7 @@ class SegmentIndex {
     size_t row_bytes() const { return is_packed() ? std::get<PackedArrays>(forward_).row_bytes : 0; }
     size_t index_bits() const { return is_packed() ? std::get<PackedArrays>(forward_).index_bits : 0; }
     size_t value_bits() const { return is_packed() ? std::get<PackedArrays>(forward_).value_bits : 0; }
+    size_t residual_m() const { return is_packed() ? std::get<PackedArrays>(forward_).layout.residual_m : 0; }
     std::string index_coding() const {
         if (!is_packed()) return "";
         return std::get<PackedArrays>(forward_).coding == IndexCoding::ef ? "ef" : "packed";
@@ -683,19 +689,21 @@ ValueError
         .def_static("packed", &SegmentIndex::packed, py::arg("offsets"), py::arg("local_ids"), py::arg("post_values"),
                     py::arg("fwd_packed"), py::arg("n"), py::arg("h"), py::arg("window_bits"), py::arg("k"),
                     py::arg("index_bits"), py::arg("value_bits"), py::arg("has_bias"),
-                    py::arg("index_coding") = "packed", R"doc(
+                    py::arg("index_coding") = "packed", py::arg("residual_m") = 0, R"doc(
 A SegmentIndex whose forward codes are packed: k (latent, value) entries per row in a fixed number of bytes.
 
 rerank and scan score straight from the packed bytes: score = s * sum_j q_j * projections[q, latent_j]
-+ b * projections[q, h] (the b term only with has_bias), so projections need h + has_bias columns.
++ w * (projections[q, h] (only with has_bias) + sum_m projections[q, h + has_bias + 256 m + r_m]) (the r_m terms
+only with residual_m > 0), so projections need h + has_bias + 256 * residual_m columns.
 
 Parameters
 ----------
 offsets, local_ids, post_values, n, h, window_bits
     The posting lists, as for SegmentIndex.
 fwd_packed : (n, row_bytes) uint8, C-contiguous
-    Each row: bytes 0-1 the float16 scale s (little-endian); with has_bias, bytes 2-3 the float16 bias weight b;
-    then a bitstream read LSB-first (bit t is bit t % 8 of byte header + t // 8, header = 2 + 2 * has_bias).
+    Each row: bytes 0-1 the float16 scale s (little-endian); with has_bias or residual_m > 0, bytes 2-3 the
+    float16 weight w; then residual_m bytes r_m, the residual code; then a bitstream read LSB-first (bit t is bit
+    t % 8 of byte header + t // 8, header = 2 + 2 * (has_bias or residual_m > 0) + residual_m).
     index_coding "packed": entry j takes bits j * w to (j + 1) * w - 1, w = index_bits + value_bits: the latent
     (unsigned, < h), then the value q_j (two's complement); latents need not be sorted. Stream bits: k * w.
     index_coding "ef": the latents x_0 < ... < x_{k-1} Elias-Fano coded with L = max(0, floor(log2(h / k))) low
@@ -710,12 +718,14 @@ value_bits : int
     2..16.
 has_bias : bool
 index_coding : {"packed", "ef"}, default "packed"
+residual_m : int, default 0
+    Bytes of residual code per row, 0..65536.
 
 Raises
 ------
 ValueError
     Naming the problem: dtype, shape, contiguity, rows, bytes per row, bit widths, an unknown index_coding, a
-    latent >= h (its row and entry), a scale or bias weight that is not finite; ef rows: a bitmap without exactly
+    latent >= h (its row and entry), a scale or weight that is not finite; ef rows: a bitmap without exactly
     k set bits, or latents that do not strictly increase (the row and entry).
 )doc")
         .def("search", &SegmentIndex::search, py::arg("query_indices"), py::arg("query_values"), py::arg("top_k"),
@@ -796,7 +806,8 @@ values : (m,) float32
                                "Bits per packed latent (ef: low bits per latent); 0 for plain codes.")
         .def_property_readonly("index_coding", &SegmentIndex::index_coding,
                                "How packed rows code their latents: 'packed' or 'ef'; '' for plain codes.")
-        .def_property_readonly("value_bits", &SegmentIndex::value_bits, "Bits per packed value; 0 for plain codes.");
+        .def_property_readonly("value_bits", &SegmentIndex::value_bits, "Bits per packed value; 0 for plain codes.")
+        .def_property_readonly("residual_m", &SegmentIndex::residual_m, "Residual bytes per packed row; 0 for none.");
 #ifdef CSAE_VERSION
     m.attr("__version__") = CSAE_VERSION;
 #endif

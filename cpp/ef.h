@@ -1,13 +1,13 @@
 // Dense-mode scoring straight from Elias-Fano coded forward rows (compact codes with index_coding "ef"): a row's
 // k latents as a sorted set in about log2(h / k) + 2 bits each, scored at O(k + h / 2^L / 56) per row.
 //
-// A row of row_bytes bytes: float16 scale s, then (has_bias) float16 bias weight b, then a bitstream read LSB-first
+// A row of row_bytes bytes: a header (RowLayout, packed.h), then a bitstream read LSB-first
 // (bit t is bit t & 7 of byte header + t / 8). With x_0 < x_1 < ... < x_{k-1} the row's latents and
 // L = ef_low_bits(h, k) = max(0, floor(log2(h / k))):
 //   k low parts, L bits each: x_i & (2^L - 1);
 //   the high bitmap, k + ((h - 1) >> L) + 1 bits: bit (x_i >> L) + i set for each i, nothing else;
 //   k values q_i, value_bits each (two's complement), in the same order.
-// score = s * sum_i q_i * p[x_i] + b * p[h], as PackedCodes. Bytes past the stream are padding.
+// score = s * sum_i q_i * p[x_i] + the header's terms, as PackedCodes. Bytes past the stream are padding.
 //
 // Decoding walks the bitmap a 64-bit load at a time (56 bits of it used, so any bit offset fits one load): each
 // set bit found by count-trailing-zeros at bitmap position t is the next entry i, with x_i >> L = t - i. dot does
@@ -68,16 +68,16 @@ struct EFCodes {
     static constexpr unsigned kChunk = 56;  // bitmap bits used per 64-bit load: bits_at gives at least 57
     static constexpr size_t kBlock = 64;    // entries whose positions the scalar path decodes before their terms
 
-    size_t n = 0, k = 0, row_bytes = 0, h = 0;  // h: the bias column of p
-    const uint8_t* rows = nullptr;              // (n, row_bytes)
+    size_t n = 0, k = 0, row_bytes = 0, h = 0;
+    const uint8_t* rows = nullptr;  // (n, row_bytes)
     unsigned low_bits = 0, value_bits = VB;
-    bool has_bias = false;
+    RowLayout layout;
     size_t header = 2;
     size_t low_at = 0, map_at = 0, map_bits = 0, value_at = 0;  // bit offsets in the row, header included
 
-    EFCodes(const uint8_t* rows_, size_t n_, size_t row_bytes_, size_t k_, unsigned vb, bool bias, size_t h_)
-        : n(n_), k(k_), row_bytes(row_bytes_), h(h_), rows(rows_), low_bits(ef_low_bits(h_, k_)), value_bits(vb),
-          has_bias(bias), header(bias ? 4 : 2) {
+    EFCodes(const uint8_t* rows_, size_t n_, size_t row_bytes_, size_t k_, unsigned vb, const RowLayout& layout_)
+        : n(n_), k(k_), row_bytes(row_bytes_), h(layout_.h), rows(rows_), low_bits(ef_low_bits(layout_.h, k_)),
+          value_bits(vb), layout(layout_), header(layout_.bytes()) {
         low_at = header * 8;
         map_at = low_at + k * low_bits;
         map_bits = ef_bitmap_bits(h, k, low_bits);
@@ -87,7 +87,7 @@ struct EFCodes {
     unsigned vb() const { return fixed ? VB : value_bits; }
     const uint8_t* row(int64_t item) const { return rows + static_cast<size_t>(item) * row_bytes; }
     float scale(int64_t item) const { return half_to_float(load_le16(row(item))); }
-    float bias_weight(int64_t item) const { return has_bias ? half_to_float(load_le16(row(item) + 2)) : 0.0f; }
+    float weight(int64_t item) const { return layout.weighted() ? half_to_float(load_le16(row(item) + 2)) : 0.0f; }
 
     // fn(i, x_i, q_i) for the row's entries in increasing latent order; returns how many it found (k for a valid
     // row; fewer when the bitmap holds fewer set bits, more are never reported).
@@ -113,7 +113,7 @@ struct EFCodes {
 
     float dot(const float* p, int64_t item) const {
         const uint8_t* r = row(item);
-        return row_score(r, entries_dot(r, p), has_bias, p, h);
+        return row_score(r, entries_dot(r, p), layout, p);
     }
 
     void prefetch(int64_t item) const { prefetch_row(row(item), row_bytes); }

@@ -1,10 +1,11 @@
 // Dense-mode scoring straight from bit-packed forward codes: k (latent, value) pairs per row in a fixed number of
 // bytes, scored at O(k) per row with nothing decoded ahead of time.
 //
-// A row of row_bytes bytes: float16 scale s, then (has_bias) float16 bias weight b, then a bitstream read LSB-first
-// (bit t is bit t & 7 of byte header + t / 8). Entry j takes bits [j * w, (j + 1) * w), w = index_bits + value_bits:
-// the latent (unsigned), then q_j (two's complement). score = s * sum_j q_j * p[latent_j] + b * p[h]; the builder
-// folds 1 / |x_hat| into s and b, so this is cos(q, x_hat). Bytes past the stream are padding.
+// A row of row_bytes bytes: a header (RowLayout: float16 scale s, a float16 weight w with a decoder bias or a
+// residual code, the residual code's bytes), then a bitstream read LSB-first (bit t is bit t & 7 of byte
+// header + t / 8). Entry j takes bits [j * w, (j + 1) * w), w = index_bits + value_bits:
+// the latent (unsigned), then q_j (two's complement). score = s * sum_j q_j * p[latent_j] + w * (p[h] + residual
+// lookups); the builder folds 1 / |x_hat| into s and w, so this is cos(q, x_hat). Bytes past the stream are padding.
 //
 // No read passes the end of a row (the last row may end a memory map): fields are read as 64-bit little-endian
 // windows (w + 7 <= 55 bits always fit), and the last entries of a row read the window that ends at the row's last
@@ -52,11 +53,53 @@ inline int32_t entry_value(uint64_t bits, unsigned ib, unsigned vb) {
     return static_cast<int32_t>(static_cast<uint32_t>(bits >> ib) << (32 - vb)) >> (32 - vb);  // sign-extend vb bits
 }
 
-// A compact row's score from its header: the float16 scale s / |x_hat| times sum_j q_j p[latent_j] (``entries``),
-// plus, with a decoder bias, the float16 weight 1 / |x_hat| at bytes 2-3 times p[h]. Shared by every row coding.
-inline float row_score(const uint8_t* r, float entries, bool has_bias, const float* p, size_t h) {
+// The header of a packed forward row: the float16 scale s / |x_hat|; then, when the row has a decoder-bias term or
+// a residual code, the float16 weight w = 1 / |x_hat|; then residual_m bytes, the row's residual code (one of
+// kResidualCentroids centroids per subspace, csae_engine/residual.py). x_hat includes the residual's reconstruction.
+constexpr size_t kResidualCentroids = 256;
+
+struct RowLayout {
+    size_t h = 0;            // p[h]: the bias column (q . b)
+    bool has_bias = false;
+    size_t residual_m = 0;   // residual bytes; their tables start at p[h + has_bias], kResidualCentroids per byte
+
+    bool weighted() const { return has_bias || residual_m > 0; }
+    size_t bytes() const { return 2 + (weighted() ? 2 : 0) + residual_m; }
+    size_t tables_at() const { return h + (has_bias ? 1 : 0); }
+    size_t index_bound() const { return tables_at() + residual_m * kResidualCentroids; }  // columns p needs
+};
+
+// sum_j T[j * 256 + codes[j]]: a residual's dot product with q from the query's tables T.
+inline float residual_dot(const uint8_t* codes, size_t m, const float* T) {
+    size_t j = 0;
+    float s = 0.0f;
+#if defined(__AVX2__) && defined(__F16C__)
+    if (m >= 8) {
+        const __m256i step = _mm256_set1_epi32(8 * static_cast<int>(kResidualCentroids));
+        __m256i base = _mm256_setr_epi32(0, 256, 512, 768, 1024, 1280, 1536, 1792);
+        __m256 acc = _mm256_setzero_ps();
+        for (; j + 8 <= m; j += 8, base = _mm256_add_epi32(base, step)) {
+            const __m256i c = _mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(codes + j)));
+            acc = _mm256_add_ps(acc, _mm256_i32gather_ps(T, _mm256_add_epi32(base, c), 4));
+        }
+        __m128 half4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        half4 = _mm_add_ps(half4, _mm_movehl_ps(half4, half4));
+        s = _mm_cvtss_f32(_mm_add_ss(half4, _mm_movehdup_ps(half4)));
+    }
+#endif
+    for (; j < m; ++j) s += T[j * kResidualCentroids + codes[j]];
+    return s;
+}
+
+// A compact row's score from its header: s / |x_hat| times sum_j q_j p[latent_j] (``entries``), plus, with a
+// weight, w times the bias term p[h] and the residual's table lookups. Shared by every row coding.
+inline float row_score(const uint8_t* r, float entries, const RowLayout& layout, const float* p) {
     float score = half_to_float(load_le16(r)) * entries;
-    if (has_bias) score += half_to_float(load_le16(r + 2)) * p[h];
+    if (layout.weighted()) {
+        float extra = layout.has_bias ? p[layout.h] : 0.0f;
+        if (layout.residual_m) extra += residual_dot(r + 4, layout.residual_m, p + layout.tables_at());
+        score += half_to_float(load_le16(r + 2)) * extra;
+    }
     return score;
 }
 
@@ -71,17 +114,17 @@ struct PackedCodes {
     static_assert((IB == 0) == (VB == 0), "both widths fixed, or both read at run time");
     static constexpr bool fixed = IB != 0;
 
-    size_t n = 0, k = 0, row_bytes = 0, h = 0;  // h: the bias column of p
-    const uint8_t* rows = nullptr;              // (n, row_bytes)
+    size_t n = 0, k = 0, row_bytes = 0;
+    const uint8_t* rows = nullptr;  // (n, row_bytes)
     unsigned index_bits = IB, value_bits = VB;
-    bool has_bias = false;
+    RowLayout layout;
     size_t header = 2;
     size_t fast = 0;  // leading entries whose 8-byte window lies inside the row: read without a bounds check
 
-    PackedCodes(const uint8_t* rows_, size_t n_, size_t row_bytes_, size_t k_, unsigned ib, unsigned vb, bool bias,
-                size_t h_)
-        : n(n_), k(k_), row_bytes(row_bytes_), h(h_), rows(rows_), index_bits(ib), value_bits(vb), has_bias(bias),
-          header(bias ? 4 : 2) {
+    PackedCodes(const uint8_t* rows_, size_t n_, size_t row_bytes_, size_t k_, unsigned ib, unsigned vb,
+                const RowLayout& layout_)
+        : n(n_), k(k_), row_bytes(row_bytes_), rows(rows_), index_bits(ib), value_bits(vb), layout(layout_),
+          header(layout_.bytes()) {
         const size_t w = ib + vb;
         while (fast < k && header + (fast * w >> 3) + 8 <= row_bytes) ++fast;
     }
@@ -94,11 +137,11 @@ struct PackedCodes {
     uint64_t entry_bits(const uint8_t* r, size_t j) const { return bits_at(r, row_bytes, header * 8 + j * (ib() + vb())); }
     uint32_t index(int64_t item, size_t j) const { return entry_index(entry_bits(row(item), j), ib()); }
     float scale(int64_t item) const { return half_to_float(load_le16(row(item))); }
-    float bias_weight(int64_t item) const { return has_bias ? half_to_float(load_le16(row(item) + 2)) : 0.0f; }
+    float weight(int64_t item) const { return layout.weighted() ? half_to_float(load_le16(row(item) + 2)) : 0.0f; }
 
     float dot(const float* p, int64_t item) const {
         const uint8_t* r = row(item);
-        return row_score(r, entries_dot(r, p), has_bias, p, h);
+        return row_score(r, entries_dot(r, p), layout, p);
     }
 
     void prefetch(int64_t item) const { prefetch_row(row(item), row_bytes); }

@@ -53,19 +53,22 @@ class SegmentIndex:
     @staticmethod
     def packed(offsets: NDArray[np.int64], local_ids: NDArray[np.uint16], post_values: NDArray[np.float16 | np.float32],
                fwd_packed: NDArray[np.uint8], n: int, h: int, window_bits: int, k: int, index_bits: int,
-               value_bits: int, has_bias: bool, index_coding: Literal["packed", "ef"] = "packed") -> SegmentIndex:
+               value_bits: int, has_bias: bool, index_coding: Literal["packed", "ef"] = "packed",
+               residual_m: int = 0) -> SegmentIndex:
         """A SegmentIndex whose forward codes are packed: k (latent, value) entries per row in a fixed number of bytes.
 
         rerank and scan score straight from the packed bytes: score = s * sum_j q_j * projections[q, latent_j]
-        + b * projections[q, h] (the b term only with has_bias), so projections need h + has_bias columns.
+        + w * (projections[q, h] (only with has_bias) + sum_m projections[q, h + has_bias + 256 m + r_m]) (the r_m
+        terms only with residual_m > 0), so projections need h + has_bias + 256 * residual_m columns.
 
         Parameters
         ----------
         offsets, local_ids, post_values, n, h, window_bits
             The posting lists, as for SegmentIndex.
         fwd_packed : (n, row_bytes) uint8, C-contiguous
-            Each row: bytes 0-1 the float16 scale s (little-endian); with has_bias, bytes 2-3 the float16 bias weight
-            b; then a bitstream read LSB-first (bit t is bit t % 8 of byte header + t // 8, header = 2 + 2 * has_bias).
+            Each row: bytes 0-1 the float16 scale s (little-endian); with has_bias or residual_m > 0, bytes 2-3 the
+            float16 weight w; then residual_m bytes r_m, the residual code; then a bitstream read LSB-first (bit t is
+            bit t % 8 of byte header + t // 8, header = 2 + 2 * (has_bias or residual_m > 0) + residual_m).
             index_coding "packed": entry j takes bits j * w to (j + 1) * w - 1, w = index_bits + value_bits: the
             latent (unsigned, < h), then the value q_j (two's complement); latents need not be sorted. Stream bits:
             k * w.
@@ -82,12 +85,14 @@ class SegmentIndex:
             2..16.
         has_bias : bool
         index_coding : {"packed", "ef"}, default "packed"
+        residual_m : int, default 0
+            Bytes of residual code per row, 0..65536.
 
         Raises
         ------
         ValueError
             Naming the problem: dtype, shape, contiguity, rows, bytes per row, bit widths, an unknown index_coding,
-            a latent >= h (its row and entry), a scale or bias weight that is not finite; ef rows: a bitmap without
+            a latent >= h (its row and entry), a scale or weight that is not finite; ef rows: a bitmap without
             exactly k set bits, or latents that do not strictly increase (the row and entry).
         """
 
@@ -183,3 +188,6 @@ class SegmentIndex:
     @property
     def value_bits(self) -> int:
         """Bits per packed value; 0 for plain codes."""
+    @property
+    def residual_m(self) -> int:
+        """Residual bytes per packed row; 0 for none."""

@@ -67,11 +67,15 @@ def _build(a) -> None:
     ids = np.load(a.ids, allow_pickle=False) if a.ids else None
     t = time.perf_counter()
     engine = Engine(model, num_threads=a.threads).build(a.items, ids=ids, bytes_per_item=a.bytes_per_item,
+                                                        residual_bytes=a.residual_bytes,
                                                         value_bits=a.value_bits, index_coding=a.index_coding,
                                                         index_terms=a.index_terms,
                                                         prune=a.prune, shard_size=a.shard_size, directory=a.output,
                                                         progress=True)
-    print(f"indexed {len(engine)} items in {time.perf_counter() - t:.1f} s, "
+    cfg = engine.config
+    forward = (f"forward codes: {cfg['k']} entries" + (f" + {cfg['residual_m']} B residual" if cfg["residual_m"] else "")
+               + f", posting lists: {cfg['index_terms']} terms")
+    print(f"indexed {len(engine)} items in {time.perf_counter() - t:.1f} s ({forward}), "
           f"{engine.bytes_per_item():.1f} bytes/item; saved {a.output}")
 
 
@@ -131,13 +135,13 @@ def _demo(a) -> None:
     run(a.data, steps=a.steps, h=a.h, k=a.k, bytes_per_item=a.bytes_per_item or None)
 
 
-def add_compact_options(parser: argparse.ArgumentParser) -> None:
-    """--bytes-per-item and --value-bits: compact codes (csae_engine/compact.py)."""
+def add_compact_options(parser: argparse.ArgumentParser, default_help: str) -> None:
+    """--bytes-per-item, --value-bits and --index-coding: compact codes (csae_engine/compact.py)."""
     from .compact import DEFAULT_INDEX_CODING, INDEX_CODINGS
     from .models.encoding import DEFAULT_VALUE_BITS
     parser.add_argument("--bytes-per-item", type=int, default=None,
                         help="compact codes of this many bytes per item: as many refitted entries as fit "
-                             "(default: the model's k entries, float16 values)")
+                             f"(default: {default_help})")
     parser.add_argument("--value-bits", type=int, default=None,
                         help=f"bits per compact value (default {DEFAULT_VALUE_BITS})")
     parser.add_argument("--index-coding", choices=INDEX_CODINGS, default=None,
@@ -207,14 +211,17 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--k", type=int, default=None, help="non-zeros per code (default: the model's k)")
     e.add_argument("--values", choices=["float16", "float32", "int8", "uint8"], default="float16",
                    help="value type (default float16); int8/uint8 (uint8: csr only) add a float16 scale per item")
-    add_compact_options(e)
+    add_compact_options(e, "the model's k entries, float16 values")
     e.add_argument("--device", default=None)
 
     b = _command(sub, "build", "encode items and write a search index directory",
                  (("model", "model file from `csae train`"), ("items", "(n, d) .npy of embeddings")),
                  "index directory to write", _build)
     b.add_argument("--ids", default=None, help="(n,) int64 .npy of item ids (default 0..n-1)")
-    add_compact_options(b)
+    add_compact_options(b, "128 for signed models, with a residual code; csr: the model's k entries, float16")
+    b.add_argument("--residual-bytes", type=int, default=None,
+                   help="bytes of product-quantised residual per item, within --bytes-per-item (0: none; default "
+                        "3/4 of the budget, at most d)")
     b.add_argument("--index-terms", type=int, default=None,
                    help="entries of each code in the posting lists (default: the model's k)")
     b.add_argument("--prune", type=float, default=None, help="keep this share of each posting list (approximate)")

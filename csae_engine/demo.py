@@ -4,7 +4,6 @@ import time
 import numpy as np
 
 from . import datasets
-from .codes import SparseCodes
 from .data import unit_rows
 from .engine import Engine
 from .metrics import exact_topk, recall, task_recall
@@ -15,13 +14,14 @@ __all__ = ["run"]
 DEMO_STEPS = 1000  # keeps the whole demo under 10 minutes on 2 CPU cores; `csae train` defaults to 5,000
 
 
-DEMO_BYTES = 128  # bytes of compact code per item: PQ-128's budget, the comparison printed beside ours
+DEMO_BYTES = 128  # bytes of forward code per item (Engine.build's default): PQ-128's, printed beside ours
 
 
 def run(data=None, *, steps: int | None = None, h: int = 4096, k: int = 32, bytes_per_item: int | None = DEMO_BYTES,
         show: int = 3) -> dict:
     """Train, encode, index and search the dataset at ``data`` (default the shared WordNet/MiniLM set), printing the
-    figures; returns them. bytes_per_item=None stores the model's k entries in float16 instead of compact codes."""
+    figures; returns them. bytes_per_item=None stores the model's k entries in float16 instead of Engine.build's
+    compact and residual codes."""
     path = data or datasets.wordnet_minilm()
     ds = datasets.load(path)
     n, d = ds.docs.shape
@@ -31,26 +31,36 @@ def run(data=None, *, steps: int | None = None, h: int = 4096, k: int = 32, byte
     t = time.perf_counter()
     model = train(ds.docs, h=h, k=k, steps=steps)
     train_s = time.perf_counter() - t
-    codes = model.encode(ds.docs, bytes_per_item=bytes_per_item, progress=True)
-    X_hat = model.decode(codes)
-    cos = np.concatenate([_row_cos(ds.docs[s:s + 65536], X_hat[s:s + 65536]) for s in range(0, n, 65536)])
-    sparse = codes if isinstance(codes, SparseCodes) else codes.to_sparse()
-    dead = float((sparse.latent_counts() == 0).mean())
+    if bytes_per_item is None:
+        engine = Engine.from_codes(model.encode(ds.docs, progress=True), model)
+    else:
+        engine = Engine(model).build(ds.docs, bytes_per_item=bytes_per_item, progress=True)
+    cfg, nbytes = engine.config, engine.nbytes()
+    forward_bytes = sum(nbytes.get(name, 0) for name in ("fwd_indices", "fwd_values", "fwd_packed")) / n
+    sample = np.sort(np.random.default_rng(0).choice(n, min(n, 20000), replace=False))
+    cos = np.sum(unit_rows(np.asarray(ds.docs[sample], np.float32)) * engine.reconstruct(sample), axis=1)
+    used = np.zeros(h, bool)
+    for _, block in engine.iter_codes():
+        used[block.indices] = True
+    dead = float(1 - used.mean())
     dense_bytes = d * np.dtype(ds.docs.dtype).itemsize
     report = {"items": n, "d": d, "h": h, "k": k, "steps": steps, "train_seconds": round(train_s, 1),
-              "bytes_per_item": codes.bytes_per_item, "dense_bytes_per_item": dense_bytes,
-              "reconstruction_cosine": float(cos.mean()), "dead_latents": dead}
-    print(f"trained {steps} steps in {train_s:.0f} s; dead latents (used by no item): {dead:.1%}")
-    what = f"k={codes.k} x (index + float16 value)" if isinstance(codes, SparseCodes) else \
-        f"{codes.k} entries of {codes.index_bits}-bit index + {codes.value_bits}-bit value, refitted"
-    print(f"bytes per item: {codes.bytes_per_item} ({what}) vs {dense_bytes} dense "
-          f"{ds.docs.dtype}: {dense_bytes / codes.bytes_per_item:.1f}x smaller")
+              "bytes_per_item": forward_bytes, "index_bytes_per_item": engine.bytes_per_item(),
+              "dense_bytes_per_item": dense_bytes, "reconstruction_cosine": float(cos.mean()), "dead_latents": dead}
+    print(f"trained {steps} steps in {train_s:.0f} s; dead latents (in no item's code): {dead:.1%}")
+    if cfg["forward"] == "plain":
+        what = f"k={cfg['k']} x (index + float16 value)"
+    else:
+        what = (f"a sparse code of {cfg['k']} refitted entries ({cfg['index_coding']} indices, {cfg['value_bits']}-bit "
+                f"values)" + (f" + {cfg['residual_m']} bytes of residual code" if cfg["residual_m"] else ""))
+    print(f"bytes per item: {forward_bytes:.0f} ({what}) vs {dense_bytes} dense "
+          f"{ds.docs.dtype}: {dense_bytes / forward_bytes:.1f}x smaller")
     print(f"mean reconstruction cosine: {cos.mean():.4f}")
     if ds.queries is None:
         return report
 
-    engine = Engine.from_codes(codes, model)
-    print(f"index: {engine.bytes_per_item():.0f} bytes/item (inverted lists + forward codes for the rerank)")
+    print(f"index: {engine.bytes_per_item():.0f} bytes/item (inverted lists of the encoder's {cfg['index_terms']} "
+          f"strongest latents + forward codes for the dense mode)")
     truth = ds.gt if ds.gt is not None else exact_topk(ds.queries, ds.docs, 100)
     print(f"recall against exact dense search over {len(ds.queries)} queries:")
     for label, kwargs in (("sparse: query code vs item codes", {"mode": "sparse"}),
@@ -67,11 +77,11 @@ def run(data=None, *, steps: int | None = None, h: int = 4096, k: int = 32, byte
         task, exact_task = task_recall(found, ds.relevant), task_recall(truth, ds.relevant)
         report.update(task_recall_at_10=task, exact_task_recall_at_10=exact_task)
         print(f"task: the labelled synset is in the top 10 for {task:.1%} of queries (exact dense search: {exact_task:.1%})")
-    pq = _pq_recall(ds, truth, codes.bytes_per_item)
+    pq_bytes = int(round(forward_bytes))
+    pq = _pq_recall(ds, truth, pq_bytes)
     if pq is not None:
-        report[f"FAISS PQ, {codes.bytes_per_item} bytes"] = {"recall_at_10": pq}
-        print(f"  FAISS product quantisation at the same {codes.bytes_per_item} bytes per item, exhaustive: "
-              f"recall@10 {pq:.3f}")
+        report[f"FAISS PQ, {pq_bytes} bytes"] = {"recall_at_10": pq}
+        print(f"  FAISS product quantisation at the same {pq_bytes} bytes per item, exhaustive: recall@10 {pq:.3f}")
     _show(ds, found, truth, show)
     return report
 
@@ -91,11 +101,6 @@ def _pq_recall(ds, truth, nbytes: int) -> float | None:
     index.add(X)
     found = index.search(unit_rows(np.asarray(ds.queries, np.float32), 0, "queries"), 10)[1]
     return recall(found, truth, 10)
-
-
-def _row_cos(X, X_hat):
-    X = np.asarray(X, np.float32)
-    return (X * X_hat).sum(1) / (np.linalg.norm(X, axis=1) * np.linalg.norm(X_hat, axis=1))
 
 
 def _show(ds, found, truth, show):

@@ -19,18 +19,19 @@ import numpy as np
 
 from .codes import SparseCodes
 from .compact import CompactCodes
-from .index.build import WINDOW_BITS, forward_codes, make_segment, merge_segments
+from .index.build import WINDOW_BITS, decode_forward, forward_codes, join_postings, live_postings, make_segment, merge_segments
+from .index.items import encode_items, forward_budget, train_residual
 from .index.query import QueryEncoder, query_rows
 from .index.search import SearchParams, allowed_masks, search_segments
-from .index.segment import Segment, as_id_array, check_ids
-from .index.storage import CONFIG_KEYS, IndexWriter, load_segments, read_manifest
+from .index.segment import FORWARD_ARRAYS, Segment, as_id_array, check_ids
+from .index.storage import CONFIG_KEYS, IndexWriter, load_residual, load_segments, read_manifest
 from .models import TopKSAE, load_model, model_hash
-from .models.encoding import encode_compact
 from .utils import positive_int, progress_bar
 
-__all__ = ["Engine", "DEFAULT_SHARD_SIZE"]
+__all__ = ["Engine", "DEFAULT_SHARD_SIZE", "DEFAULT_BYTES_PER_ITEM"]
 
 DEFAULT_SHARD_SIZE = 1 << 22  # items per shard when building to disk
+DEFAULT_BYTES_PER_ITEM = 128  # forward code bytes per item that build() stores by default (signed models)
 
 
 class Engine:
@@ -52,6 +53,7 @@ class Engine:
         self.num_threads = num_threads
         self.config: dict = {}
         self.queries: QueryEncoder | None = None  # made with the config: encodes queries for this index
+        self.residual = None  # the ResidualQuantizer of the forward rows' residual codes, if they hold any
         self._segments: tuple[Segment, ...] = ()  # main shards, then the delta segment if _has_delta
         self._has_delta = False
         self._write_lock = threading.Lock()
@@ -68,9 +70,9 @@ class Engine:
         """An engine over codes already encoded by model."""
         return cls(model, num_threads=num_threads).build_codes(codes, ids, prune=prune)
 
-    def build(self, X, ids=None, *, bytes_per_item: int | None = None, value_bits: int | None = None,
-              index_coding: str | None = None, index_terms: int | None = None, batch_size: int = 8192,
-              prune: float | None = None, shard_size: int | None = None, directory=None,
+    def build(self, X, ids=None, *, bytes_per_item: int | None = None, residual_bytes: int | None = None,
+              value_bits: int | None = None, index_coding: str | None = None, index_terms: int | None = None,
+              batch_size: int = 8192, prune: float | None = None, shard_size: int | None = None, directory=None,
               progress: bool | None = None) -> "Engine":
         """Encode the rows of X and index them.
 
@@ -80,8 +82,13 @@ class Engine:
         ids : (n,) int64, optional
             Returned by search; default: the row numbers 0..n-1, which cost no memory.
         bytes_per_item : int, optional
-            Store compact codes of this many bytes per item (model.encode(X, bytes_per_item=...): as many
-            refitted, quantised entries as fit) for dense mode; default: the model's k entries, float16 values.
+            Bytes of forward code per item for dense mode (default DEFAULT_BYTES_PER_ITEM for signed models;
+            CSR models store their k entries with float16 values): a compact code (model.encode(X,
+            bytes_per_item=...): as many refitted, quantised entries as fit), then residual_bytes of residual code
+            and a float16 weight. For float16 codes of the model's k, use build_codes(model.encode(X)).
+        residual_bytes : int, optional
+            Bytes of product-quantised residual x - x_hat per item (csae_engine/residual.py), trained on these
+            items; 0 for none; default residual.residual_split.
         value_bits : int, optional
             Bits per value of compact codes (default DEFAULT_VALUE_BITS).
         index_coding : {"packed", "ef"}, optional
@@ -110,23 +117,36 @@ class Engine:
             shard_size = DEFAULT_SHARD_SIZE
         if shard_size is not None:
             shard_size = positive_int(shard_size, "shard_size")
-        encode = dict(bytes_per_item=bytes_per_item, value_bits=value_bits, index_coding=index_coding,
-                      batch_size=batch_size)
-        if directory is None and (shard_size is None or shard_size >= n):
-            codes = self.model.encode(X, progress=progress, **encode)
-            return self.build_codes(codes, ids, prune=prune, shard_size=shard_size, index_terms=index_terms)
-        self._set_config(self.model.encode(X[:1], **encode), prune, shard_size, index_terms)
+        if bytes_per_item is None and self.model.signed:
+            bytes_per_item = DEFAULT_BYTES_PER_ITEM
+        if bytes_per_item is None:
+            if residual_bytes or value_bits is not None or index_coding is not None:
+                raise ValueError("residual_bytes, value_bits and index_coding apply to compact codes: give "
+                                 "bytes_per_item too")
+            forward = {"k": self.model.k, "value_bits": None, "index_coding": None, "residual_m": 0}
+        else:
+            forward = forward_budget(self.model, bytes_per_item, residual_bytes, value_bits, index_coding)
+        compact = bytes_per_item is not None
+        self._set_config(forward["k"], compact, forward["value_bits"], forward["index_coding"], np.float16, prune,
+                         shard_size, index_terms, forward["residual_m"], "encoder" if compact else "forward")
+        step = n if shard_size is None else shard_size
         writer = None if directory is None else IndexWriter(Path(directory), self.config)
         segments = []
         try:
-            for start in progress_bar(range(0, n, shard_size), total=-(-n // shard_size), desc="build shards",
-                                      unit="shard", progress=progress if n > shard_size else False, items=n):
-                stop = min(n, start + shard_size)
-                codes = self.model.encode(X[start:stop], progress=False, **encode)
-                seg = self._segment(self._forward(codes), None if ids is None else ids[start:stop], first_id=start)
+            for start in progress_bar(range(0, n, step), total=-(-n // step), desc="build shards", unit="shard",
+                                      progress=progress if n > step else False, items=n):
+                stop = min(n, start + step)
+                rows = X[start:stop] if step < n else X
+                if start == 0 and self.config["residual_m"]:
+                    self.residual = train_residual(self.model, rows, self.config, progress=progress)
+                    self.queries = QueryEncoder(self.model, self.config["index_terms"], self.residual)
+                fwd, postings = encode_items(self.model, rows, self.config, self.residual, batch_size=batch_size,
+                                             progress=progress if step >= n else False)
+                seg = make_segment(fwd, None if ids is None else ids[start:stop], self.config, self.num_threads,
+                                   start, postings)
                 segments.append(seg if writer is None else writer.add(seg))
             if writer is not None:
-                writer.commit(self.model, model_hash(self.model), segments)
+                writer.commit(self.model, model_hash(self.model), segments, residual=self.residual)
         except BaseException:
             if writer is not None:
                 writer.abort()
@@ -145,7 +165,11 @@ class Engine:
         if codes.n >= 2**32:
             raise ValueError(f"{codes.n} items exceed one index's 2^32 - 1")
         ids = check_ids(ids, codes.n)
-        self._set_config(codes, prune, shard_size, index_terms)
+        packed = isinstance(codes, CompactCodes)
+        self._set_config(codes.k, packed, codes.value_bits if packed else None,
+                         codes.index_coding if packed else None,
+                         np.float16 if packed or codes.quantized else codes.values.dtype,  # 8-bit: as float16
+                         prune, shard_size, index_terms, 0, "forward")
         step = codes.n if shard_size is None else shard_size
         forward = self._forward(codes)
         segments = tuple(self._segment({name: arr[s:s + step] for name, arr in forward.items()},
@@ -154,22 +178,24 @@ class Engine:
         self._publish(segments, False)
         return self
 
-    def _set_config(self, codes, prune, shard_size, index_terms) -> None:
-        """The index's config, from the kind of codes it stores (see csae_engine/index/storage.py)."""
+    def _set_config(self, k, packed, value_bits, index_coding, value_dtype, prune, shard_size, index_terms,
+                    residual_m, postings) -> None:
+        """The index's config (see csae_engine/index/storage.py). postings: "forward" (the strongest index_terms
+        entries of the forward codes) or "encoder" (the encoder's codes of index_terms entries)."""
         if prune is not None and not 0 < prune <= 1:
             raise ValueError(f"prune must be in (0, 1], got {prune}")
-        packed = isinstance(codes, CompactCodes)
-        if index_terms is None:
-            index_terms = min(self.model.k, codes.k) if packed else codes.k
-        if not positive_int(index_terms, "index_terms") <= codes.k:
-            raise ValueError(f"index_terms={index_terms} exceeds the codes' {codes.k} entries")
-        value_dtype = np.float16 if packed or codes.quantized else codes.values.dtype  # 8-bit: indexed as float16
-        self.config = {"h": self.model.h, "k": codes.k, "window_bits": WINDOW_BITS, "prune": prune,
+        most = k if postings == "forward" else self.model.h
+        if index_terms is None:  # encoder postings: the model's k, whatever the forward code holds
+            index_terms = min(self.model.k, most) if packed else k
+        if not positive_int(index_terms, "index_terms") <= most:
+            raise ValueError(f"index_terms={index_terms} exceeds the codes' {most} entries")
+        self.config = {"h": self.model.h, "k": k, "window_bits": WINDOW_BITS, "prune": prune,
                        "value_dtype": str(np.dtype(value_dtype)), "shard_size": shard_size,
                        "forward": "packed" if packed else "plain", "index_terms": index_terms,
-                       "value_bits": codes.value_bits if packed else None,
-                       "index_coding": codes.index_coding if packed else None,
-                       "forward_bias": self.model.decoder_bias is not None}
+                       "value_bits": value_bits, "index_coding": index_coding,
+                       "forward_bias": self.model.decoder_bias is not None, "residual_m": residual_m,
+                       "postings": postings}
+        self.residual = None
         self.queries = QueryEncoder(self.model, index_terms)
 
     def _forward(self, codes) -> dict:
@@ -182,8 +208,8 @@ class Engine:
                              f"{self.config['index_coding']})")
         return forward_codes(self.model, codes)
 
-    def _segment(self, forward: dict, ids, first_id: int = 0) -> Segment:
-        return make_segment(forward, ids, self.config, self.num_threads, first_id)
+    def _segment(self, forward: dict, ids, first_id: int = 0, postings=None) -> Segment:
+        return make_segment(forward, ids, self.config, self.num_threads, first_id, postings)
 
     def _publish(self, segments: tuple, has_delta: bool) -> None:
         self._segments, self._has_delta = segments, has_delta  # one tuple swap: searches see old or new, whole
@@ -200,14 +226,8 @@ class Engine:
         self._require_built()
         X = self.model.check_input(X)
         ids = check_ids(ids, X.shape[0], required=True)
-        cfg = self.config
-        packed = cfg["forward"] == "packed"
-        if packed:
-            codes = encode_compact(self.model, X, k=cfg["k"], value_bits=cfg["value_bits"],
-                                   index_coding=cfg["index_coding"], batch_size=batch_size, progress=progress)
-        else:
-            codes = self.model.encode(X, cfg["k"], batch_size=batch_size, progress=progress)
-        forward = self._forward(codes)
+        forward, postings = encode_items(self.model, X, self.config, self.residual, batch_size=batch_size,
+                                         progress=progress)
         with self._write_lock:
             segments = [seg.without_rows(seg.rows_of(ids)[1]) for seg in self._segments]
             if self._has_delta:
@@ -215,7 +235,9 @@ class Engine:
                 rows = old.live_rows()
                 forward = {name: np.concatenate([old.arrays[name][rows], arr]) for name, arr in forward.items()}
                 ids = np.concatenate([old.ids()[rows], ids])
-            self._publish(tuple(segments) + (self._segment(forward, ids),), True)
+                if postings is not None:
+                    postings = join_postings([live_postings(old, rows, self.config), postings])
+            self._publish(tuple(segments) + (self._segment(forward, ids, postings=postings),), True)
         return self
 
     def delete(self, ids) -> "Engine":
@@ -272,7 +294,7 @@ class Engine:
         mode : {"sparse", "dense"}
             sparse: cosine between sparse codes, exact over the index (unless built with prune).
             dense: cosine between q and each item's reconstruction, over ``candidates`` from sparse mode
-            (default 10 * top_k) or over every item with candidates="all".
+            (default max(1000, 10 * top_k)) or over every item with candidates="all".
         query_terms : int, optional
             Use only the strongest terms of each query code in sparse mode (approximate, faster).
         allow_ids : array of ids, or bool mask over ids (mask[id]), optional
@@ -288,11 +310,31 @@ class Engine:
         """
         segments = self._require_built()  # one snapshot for the whole search
         params = SearchParams(top_k, mode, candidates, query_terms)
-        params.check(sum(seg.n_live for seg in segments), self.config["k"])
+        params.check(sum(seg.n_live for seg in segments), self.config["index_terms"])
         Q = query_rows(self.model, Q)
         masks = allowed_masks(segments, allow_ids)
         threads = self.num_threads if num_threads is None else num_threads
         return search_segments(segments, masks, Q, params, self.queries, threads)
+
+    def reconstruct(self, ids) -> np.ndarray:
+        """(len(ids), d) float32: the unit vectors dense mode scores for the given item ids (x_hat / |x_hat|, the
+        residual code included), so cos(q, x) for an indexed item is q . reconstruct([id])[0]. KeyError for an id
+        that is not indexed."""
+        ids = as_id_array(ids, "ids")
+        out = np.empty((len(ids), self.model.d), np.float32)
+        found = np.zeros(len(ids), bool)
+        for seg in self._require_built():
+            here, rows = seg.rows_of(ids)
+            where = np.flatnonzero(here)
+            new = ~found[where]
+            where, rows = where[new], rows[new]
+            if len(where):
+                forward = {name: np.asarray(seg.arrays[name])[rows] for name in FORWARD_ARRAYS if name in seg.arrays}
+                out[where] = decode_forward(self.model, forward, self.config, self.residual)
+                found[where] = True
+        if not found.all():
+            raise KeyError(f"unknown id {int(ids[~found][0])}")
+        return out
 
     def iter_codes(self, batch_size: int = 1 << 16):
         """The live indexed codes, exactly as scored in sparse mode (unit-norm rows), in batches:
@@ -336,7 +378,8 @@ class Engine:
         segments, has_delta = self._require_built(), self._has_delta
         writer = IndexWriter(Path(path), self.config)
         try:
-            writer.commit(self.model, model_hash(self.model), [writer.add(seg) for seg in segments], has_delta)
+            writer.commit(self.model, model_hash(self.model), [writer.add(seg) for seg in segments], has_delta,
+                          self.residual)
         except BaseException:
             writer.abort()
             raise
@@ -362,7 +405,8 @@ class Engine:
             raise ValueError(f"{path} was built with a different model than the one given")
         engine = cls(model, num_threads=num_threads)
         engine.config = {key: manifest[key] for key in CONFIG_KEYS}
-        engine.queries = QueryEncoder(model, engine.config["index_terms"])
+        engine.residual = load_residual(path, manifest, model.d, verify)
+        engine.queries = QueryEncoder(model, engine.config["index_terms"], engine.residual)
         width = engine.config["k"] + (model.decoder_bias is not None)
         engine._publish(load_segments(path, manifest, width, mmap, verify), bool(manifest["has_delta"]))
         return engine

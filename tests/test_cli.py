@@ -48,7 +48,7 @@ def test_build_then_search_from_the_shell(tmp_path, capsys):
                  "-o", str(tmp_path / "r.npz")]) == 0
     with np.load(tmp_path / "r.npz") as r:
         ids, scores = r["ids"], r["scores"]
-    expected = ce.Engine(model).build(X, ids=np.arange(400) + 1000).search(Q, 7, mode="dense")
+    expected = ce.Engine(model).build(X, ids=np.arange(400) + 1000, shard_size=150).search(Q, 7, mode="dense")
     np.testing.assert_array_equal(ids, expected[0])
     np.testing.assert_allclose(scores, expected[1])
     assert main(["search", str(tmp_path / "index"), str(tmp_path / "queries.npy"), "--top-k", "401",

@@ -97,7 +97,7 @@ def test_bytes_per_item_accounting(run, compare):
     # ours: the index arrays each mode reads, per item
     data = compare.Data(run["data"], run["tmp"] / "cache")
     model, _ = compare.grid_model(data, 32, 4, 3, batch_size=64)
-    nb = ce.Engine(model).build(data.X).nbytes()
+    nb = ce.Engine.from_codes(model.encode(data.X), model).nbytes()
     postings = (nb["offsets"] + nb["local_ids"] + nb["post_values"]) / N
     forward = (nb["fwd_indices"] + nb["fwd_values"]) / N
     assert forward == 4 * (1 + 2)  # k x (uint8 index at h=32 + float16 value)
@@ -119,28 +119,30 @@ def test_peers_are_sane(run):
 
 def test_compact_codes_at_each_budget(run, compare):
     import csae_engine as ce
-    from csae_engine.compact import DEFAULT_INDEX_CODING, compact_k, stream_bits
+    from csae_engine.compact import DEFAULT_INDEX_CODING, stream_bits
     from csae_engine.models.encoding import DEFAULT_VALUE_BITS
     rows = run["rows"]
     data = compare.Data(run["data"], run["tmp"] / "cache")
     model, _ = compare.grid_model(data, 32, 4, 3, batch_size=64)
     for budget in BUDGETS:
-        k = compact_k(32, budget, DEFAULT_VALUE_BITS)
-        tag = f"({budget} B, k={k}, h=32, model k=4)"
+        engine = ce.Engine(model).build(data.X, bytes_per_item=budget)
+        k, m = engine.config["k"], engine.config["residual_m"]
+        tag = f"({budget} B, k={k}, residual {m} B, h=32, model k=4)"
         dense, rerank = run["by"][f"ours compact dense all {tag}"], run["by"][f"ours compact dense rerank 100 {tag}"]
-        nb = ce.Engine(model).build(data.X, bytes_per_item=budget).nbytes()
+        nb = engine.nbytes()
         postings = (nb["offsets"] + nb["local_ids"] + nb["post_values"]) / N
         assert dense["bytes_per_item"] == nb["fwd_packed"] / N <= budget  # the packed forward store alone
-        # the budget is used: one more entry would not fit
-        assert k == 32 or 2 + -(-stream_bits(32, k + 1, DEFAULT_VALUE_BITS, DEFAULT_INDEX_CODING) // 8) > budget
+        # the budget is used: one more entry would not fit beside the residual (m bytes and its 2-byte weight)
+        sparse = budget - (m + 2 if m else 0)
+        assert k == 32 or 2 + -(-stream_bits(32, k + 1, DEFAULT_VALUE_BITS, DEFAULT_INDEX_CODING) // 8) > sparse
+        assert dense["residual_bytes"] == m
         assert rerank["bytes_per_item"] == pytest.approx(postings + nb["fwd_packed"] / N)
         for r in (dense, rerank):
             assert (r["code_k"], r["k"], r["h"], r["budget"], r["value_bits"]) == (k, 4, 32, budget, DEFAULT_VALUE_BITS)
             assert r["encode_us_per_item"] > 0 and 0 <= r["recall@10"] <= 1
         assert "candidate_recall@10" not in dense
         assert rerank["recall@10"] <= rerank["candidate_recall@10"] <= 1  # the rerank keeps candidates only
-    assert run["by"][f"ours compact dense all (32 B, k={compact_k(32, 32, DEFAULT_VALUE_BITS)}, h=32, model k=4)"][
-        "recall@10"] >= 0.1
+        assert dense["recall@10"] >= 0.1
     for r in rows:
         if "rerank" in r["family"]:
             assert 0 <= r["candidate_recall@10"] <= 1 and r["recall@10"] <= r["candidate_recall@10"] + 1e-9

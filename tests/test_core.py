@@ -550,7 +550,7 @@ BAD_PACKED = [
      lambda c, g: dict(fwd_packed=_repacked(c, scale=_set(c["scale"], 3, np.inf)))),
     (r"fwd_packed row 4: scale is not finite \(nan\)",
      lambda c, g: dict(fwd_packed=_repacked(c, scale=_set(c["scale"], 4, np.nan)))),
-    (r"fwd_packed row 5: bias_weight is not finite \(-inf\)",
+    (r"fwd_packed row 5: weight is not finite \(-inf\)",
      lambda c, g: dict(fwd_packed=_repacked(c, bias=_set(c["bias"], 5, -np.inf)))),
     ("window_bits must be in 1..16, got 0", lambda c, g: dict(window_bits=0)),
     ("local_ids has dtype int32, expected uint16", lambda c, g: dict(local_ids=g["local_ids"].astype(np.int32))),
@@ -759,7 +759,7 @@ BAD_EF = [
     ("index_coding must be 'packed' or 'ef', got 'elias'", lambda c, g: dict(index_coding="elias")),
     (r"fwd_packed row 3: scale is not finite \(inf\)", lambda c, g: dict(fwd_packed=pack_ef_rows(
         c["idx"], c["q"], _set(c["scale"], 3, np.inf), c["bias"], 40, 4))),
-    (r"fwd_packed row 5: bias_weight is not finite \(nan\)", lambda c, g: dict(fwd_packed=pack_ef_rows(
+    (r"fwd_packed row 5: weight is not finite \(nan\)", lambda c, g: dict(fwd_packed=pack_ef_rows(
         c["idx"], c["q"], c["scale"], _set(c["bias"], 5, np.nan), 40, 4))),
 ]
 

@@ -38,10 +38,10 @@ def small_model():
 
 @pytest.fixture(scope="module")
 def trained(wordnet):
-    """A model trained briefly on real data and an engine over 5,000 real items."""
+    """A model trained briefly on real data and an engine over the float16 codes of 5,000 real items."""
     X = np.asarray(wordnet["docs"][:5000], np.float32)
     model = ce.train(X, h=1024, k=16, steps=60, batch_size=512, lr=3e-3, progress=False)
-    return model, X, ce.Engine(model).build(X)
+    return model, X, ce.Engine.from_codes(model.encode(X), model)
 
 
 @pytest.mark.parametrize("value_dtype", [np.float16, np.float32])
@@ -71,7 +71,7 @@ def test_iter_codes_are_the_scored_codes_across_windows(trained, monkeypatch):
     model, X, _ = trained
     monkeypatch.setattr(ce.engine, "WINDOW_BITS", 5)
     ids = np.arange(300) * 3 + 7
-    engine = ce.Engine(model).build(X[:300], ids=ids)
+    engine = ce.Engine(model).build_codes(model.encode(X[:300]), ids=ids)
     engine.delete([7, 10, 904])
     got = list(engine.iter_codes(64))
     got_ids = np.concatenate([i for i, _ in got])

@@ -46,15 +46,31 @@ def test_dense_mode_over_compact_codes_equals_decode_then_cosine(trained, wordne
 @pytest.mark.parametrize("index_coding", ["packed", "ef"])
 def test_posting_lists_hold_the_strongest_index_terms(trained, index_coding):
     model, X = trained
-    engine = ce.Engine(model).build(X[:500], bytes_per_item=48, index_terms=5, index_coding=index_coding)
-    codes = model.encode(X[:500], bytes_per_item=48, index_coding=index_coding).to_sparse()
+    codes = model.encode(X[:500], bytes_per_item=48, index_coding=index_coding)
+    engine = ce.Engine.from_codes(codes, model).build_codes(codes, index_terms=5)
+    codes = codes.to_sparse()
     assert engine.segments[0].index.n_postings == 500 * 5
     for ids, block in engine.iter_codes(200):
         want = codes[ids].truncate(5)
         np.testing.assert_array_equal(np.sort(block.indices.reshape(len(ids), 5), 1),
                                       np.sort(want.indices.astype(np.int32), 1))
     with pytest.raises(ValueError, match="index_terms=99 exceeds"):
-        ce.Engine(model).build(X[:50], bytes_per_item=48, index_terms=99)
+        ce.Engine(model).build_codes(codes, index_terms=99)
+
+
+def test_built_posting_lists_hold_the_encoders_codes(trained):
+    """Engine.build keeps the encoder's codes of index_terms entries in the posting lists, whatever the budget."""
+    model, X = trained
+    engine = ce.Engine(model).build(X[:500], bytes_per_item=8, residual_bytes=0, index_terms=6)
+    assert engine.config["postings"] == "encoder" and engine.config["k"] < 6
+    codes = model.encode(X[:500], 6, value_dtype=np.float32)
+    for ids, block in engine.iter_codes(200):
+        np.testing.assert_array_equal(np.sort(block.indices.reshape(len(ids), 6), 1),
+                                      np.sort(codes.indices[ids].astype(np.int32), 1))
+        unit = codes.values[ids] / np.linalg.norm(codes.values[ids], axis=1, keepdims=True)
+        np.testing.assert_allclose(np.sort(block.data.reshape(len(ids), 6), 1), np.sort(unit, 1), atol=1e-3)
+    with pytest.raises(ValueError, match="index_terms=600 exceeds"):
+        ce.Engine(model).build(X[:50], index_terms=600)
 
 
 @pytest.mark.parametrize("index_coding", ["packed", "ef"])
@@ -80,7 +96,7 @@ def test_compact_index_updates_save_and_load(trained, tmp_path, index_coding):
 
 def test_an_index_saved_before_index_codings_loads_as_fixed_width(trained, tmp_path):
     model, X = trained
-    engine = ce.Engine(model).build(X[:300], bytes_per_item=40, index_coding="packed")
+    engine = ce.Engine(model).build_codes(model.encode(X[:300], bytes_per_item=40, index_coding="packed"))
     engine.save(tmp_path / "index")
     path = tmp_path / "index" / "manifest.json"
     manifest = json.loads(path.read_text())

@@ -25,7 +25,7 @@ def test_saved_index_loads_and_searches_as_it_did():
     engine = ce.Engine.load(FIXTURES / "index_v3", mmap=False)
     expected = np.load(FIXTURES / "expected_v3.npz")
     assert len(engine) == 301 and 1004 not in engine and 5001 in engine
-    for mode in ("sparse", "dense"):
-        ids, scores = engine.search(expected["queries"], top_k=5, mode=mode)
+    for mode, candidates in (("sparse", None), ("dense", 50)):  # 50: the dense default then, 10 * top_k
+        ids, scores = engine.search(expected["queries"], top_k=5, mode=mode, candidates=candidates)
         np.testing.assert_array_equal(ids, expected[f"{mode}_ids"])
         np.testing.assert_allclose(scores, expected[f"{mode}_scores"], rtol=1e-5, atol=1e-6)

@@ -2,12 +2,14 @@
 import numpy as np
 import pytest
 
-from csae_engine.index.search import SearchParams, merge_top
+from csae_engine.index.search import DEFAULT_CANDIDATES, SearchParams, merge_top
 
 
 def test_search_params_resolve_the_sparse_stage():
     assert SearchParams(10).sparse_top(1000) == 10
-    assert SearchParams(10, "dense").sparse_top(1000) == 100, "dense mode reranks 10 * top_k by default"
+    assert SearchParams(10, "dense").sparse_top(5000) == DEFAULT_CANDIDATES == 1000, "dense mode reranks 1,000"
+    assert SearchParams(300, "dense").sparse_top(5000) == 3000, "or 10 * top_k, when more"
+    assert SearchParams(10, "dense").sparse_top(700) == 700, "never more than the items"
     assert SearchParams(10, "dense", candidates=5000).sparse_top(1000) == 1000, "never more than the items"
     assert SearchParams(10, "dense", candidates="all").scans_all
     assert not SearchParams(10, "sparse", candidates="all").scans_all

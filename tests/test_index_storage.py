@@ -11,7 +11,7 @@ from conftest import unit
 def engine():
     model = ce.CompresSAE(d=16, h=128, k=6, seed=2)
     X = unit(np.random.default_rng(0), 700, 16)
-    return ce.Engine(model).build(X, ids=np.arange(700, dtype=np.int64) * 3 + 11)
+    return ce.Engine.from_codes(model.encode(X), model, ids=np.arange(700, dtype=np.int64) * 3 + 11)
 
 
 @pytest.mark.parametrize("mmap", [True, False])

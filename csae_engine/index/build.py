@@ -1,8 +1,10 @@
 """Building segments from codes: forward codes (dense mode), posting lists (sparse mode), optional pruning.
 
 Forward values are the code's values divided by |x_hat|, so dense mode's cos(q, x_hat) is a sparse dot product with
-p = W_dec q. Posting values are the forward values rescaled to a unit code: a segment rebuilt from another's forward
-codes (compaction) is bit-identical to a fresh build.
+p = W_dec q. Posting lists hold unit codes: by default the strongest index_terms entries of the forward code
+rescaled, so a segment rebuilt from another's forward codes (compaction) is bit-identical to a fresh build; with
+config["postings"] == "encoder" the encoder's own codes of index_terms entries (build gives them), and compaction
+carries each item's posting entries over from its old lists.
 """
 import numpy as np
 import torch
@@ -10,20 +12,26 @@ import torch
 from .. import _core
 from ..codes import index_dtype
 from ..compact import SCALE_BYTES, CompactCodes, index_bits, strongest_first, unpack_entries, unpack_stream
-from .segment import FORWARD_ARRAYS, Segment
+from .segment import FORWARD_ARRAYS, Segment, header_bytes
 
-__all__ = ["WINDOW_BITS", "forward_codes", "posting_codes", "reconstruction_norms", "make_segment", "merge_segments",
-           "prune_mask"]
+__all__ = ["WINDOW_BITS", "forward_codes", "posting_codes", "posting_lists", "reconstruction_norms", "make_segment",
+           "merge_segments", "prune_mask", "live_postings", "join_postings", "decode_forward"]
 
 WINDOW_BITS = 16  # 65,536 items per window: a 256 KiB float accumulator, resident in L2
 
 
-def forward_codes(model, codes) -> dict:
+def forward_codes(model, codes, residual=None) -> dict:
     """The forward store of codes for dense mode, values divided by |x_hat|.
 
     SparseCodes give ``fwd_indices`` and float ``fwd_values``; with a decoder bias b (CSR), one more term per item:
     latent h with value 1 / |x_hat|, whose projection is q . b. CompactCodes give ``fwd_packed``: their rows with
-    the scale s replaced by s / |x_hat| (and, with a decoder bias, 1 / |x_hat| as a second float16).
+    the scale s replaced by s / |x_hat| and, with a decoder bias or a residual, the weight 1 / |x_hat| as a second
+    float16, then the residual codes (cpp/packed.h, RowLayout).
+
+    Parameters
+    ----------
+    residual : (ResidualQuantizer, (n, m) uint8 codes), optional
+        Compact codes only: x_hat then includes the residual's reconstruction.
 
     Raises
     ------
@@ -38,14 +46,18 @@ def forward_codes(model, codes) -> dict:
     nonzero = np.abs(vals).sum(axis=1) > 0
     if not nonzero.all():
         raise ValueError(f"code of item {int(np.argmin(nonzero))} is all zeros")
-    inv_norm = 1 / reconstruction_norms(model, indices, vals)
+    if residual is not None and not isinstance(codes, CompactCodes):
+        raise ValueError("residual codes go with compact codes (bytes_per_item)")
+    inv_norm = 1 / reconstruction_norms(model, indices, vals, residual)
     has_bias = model.decoder_bias is not None
     if isinstance(codes, CompactCodes):
         header = [(codes.scales.astype(np.float32) * inv_norm).astype(np.float16)]
-        if has_bias:
+        if has_bias or residual is not None:
             header.append(inv_norm.astype(np.float16))
-        head = np.stack(header, axis=1).view(np.uint8)
-        return {"fwd_packed": np.ascontiguousarray(np.hstack([head, codes.packed[:, SCALE_BYTES:]]))}
+        parts = [np.stack(header, axis=1).view(np.uint8)]
+        if residual is not None:
+            parts.append(residual[1])
+        return {"fwd_packed": np.ascontiguousarray(np.hstack(parts + [codes.packed[:, SCALE_BYTES:]]))}
     fwd_indices, fwd_values = indices, vals * inv_norm[:, None]
     if has_bias:
         fwd_indices = np.hstack([fwd_indices, np.full((codes.n, 1), codes.h)]).astype(index_dtype(codes.h + 1))
@@ -60,7 +72,7 @@ def posting_codes(forward: dict, config: dict) -> tuple[np.ndarray, np.ndarray]:
     m = config["index_terms"]
     if "fwd_packed" in forward:
         packed = np.asarray(forward["fwd_packed"])
-        header = SCALE_BYTES * (1 + bool(config["forward_bias"]))
+        header = header_bytes(config)
         if config["index_coding"] == "ef":
             indices, q = strongest_first(*unpack_stream(packed[:, header:], config["h"], config["k"],
                                                         config["value_bits"], "ef"))
@@ -72,30 +84,43 @@ def posting_codes(forward: dict, config: dict) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(forward["fwd_indices"][:, :m]), np.asarray(forward["fwd_values"][:, :m], np.float32)
 
 
-def reconstruction_norms(model, indices: np.ndarray, values: np.ndarray, batch_size: int = 65536) -> np.ndarray:
-    """|x_hat| per item (float32), decoded in batches."""
+def reconstruction_norms(model, indices: np.ndarray, values: np.ndarray, residual=None,
+                         batch_size: int = 65536) -> np.ndarray:
+    """|x_hat| per item (float32), decoded in batches; residual: (ResidualQuantizer, codes) added to x_hat."""
     out = np.empty(len(indices), np.float32)
     with torch.no_grad():
         for s in range(0, len(indices), batch_size):
             idx = torch.from_numpy(indices[s:s + batch_size].astype(np.int64)).to(model.device)
             val = torch.from_numpy(values[s:s + batch_size]).to(model.device)
-            out[s:s + len(idx)] = model.decode_tensor(idx, val).norm(dim=1).cpu().numpy()
+            x_hat = model.decode_tensor(idx, val).float()
+            if residual is not None:
+                x_hat += torch.from_numpy(residual[0].decode(residual[1][s:s + batch_size])).to(x_hat.device)
+            out[s:s + len(idx)] = x_hat.norm(dim=1).cpu().numpy()
     if not (out > 0).all():
         raise ValueError(f"item {int(np.argmin(out > 0))} reconstructs to the zero vector")
     return out
 
 
+def posting_lists(indices: np.ndarray, values: np.ndarray, config: dict) -> tuple:
+    """(indices, unit values in value_dtype, keep mask or None): codes (n, m) ready for the posting lists, each row
+    rescaled to unit norm, pruned when config["prune"] is set."""
+    post = (values / np.linalg.norm(values, axis=1, keepdims=True)).astype(config["value_dtype"])
+    indices = np.ascontiguousarray(indices, dtype=np.uint32 if indices.dtype == np.int64 else indices.dtype)
+    keep = None if config["prune"] is None else prune_mask(indices, post, config["h"], config["prune"])
+    return indices, post, keep
+
+
 def make_segment(forward: dict, ids: np.ndarray | None, config: dict, num_threads: int = -1,
-                 first_id: int = 0) -> Segment:
+                 first_id: int = 0, postings: tuple | None = None) -> Segment:
     """A segment from forward arrays (forward_codes); config gives h, index_terms, value_dtype, prune,
-    window_bits and the forward format."""
+    window_bits and the forward format. postings: (indices, values, keep) ready for the lists (posting_lists,
+    live_postings); default: from the forward codes."""
     h, value_dtype = config["h"], np.dtype(config["value_dtype"])
     if "fwd_values" in forward:
         forward = dict(forward, fwd_values=np.ascontiguousarray(forward["fwd_values"], dtype=value_dtype))
-    indices, code = posting_codes(forward, config)
-    post = (code / np.linalg.norm(code, axis=1, keepdims=True)).astype(value_dtype)
-    indices = np.ascontiguousarray(indices, dtype=np.uint32 if indices.dtype == np.int64 else indices.dtype)
-    keep = None if config["prune"] is None else prune_mask(indices, post, h, config["prune"])
+    if postings is None:
+        postings = posting_lists(*posting_codes(forward, config), config)
+    indices, post, keep = postings
     offsets, local_ids, post_values = _core.build_windowed(indices, post, keep, h, config["window_bits"], num_threads)
     arrays = {"offsets": offsets, "local_ids": local_ids, "post_values": post_values,
               **{name: np.ascontiguousarray(arr) for name, arr in forward.items()}}
@@ -105,12 +130,46 @@ def make_segment(forward: dict, ids: np.ndarray | None, config: dict, num_thread
 
 
 def merge_segments(parts: list, config: dict, num_threads: int = -1) -> Segment:
-    """One segment of the live rows of parts, rebuilt from their forward codes."""
+    """One segment of the live rows of parts, rebuilt from their forward codes (and, with encoder postings, their
+    posting entries)."""
     rows = [seg.live_rows() for seg in parts]
     forward = {name: np.concatenate([np.asarray(seg.arrays[name])[r] for seg, r in zip(parts, rows)])
                for name in FORWARD_ARRAYS if name in parts[0].arrays}
     ids = np.concatenate([seg.ids()[r] for seg, r in zip(parts, rows)])
-    return make_segment(forward, ids, config, num_threads)
+    postings = None
+    if config["postings"] == "encoder":
+        postings = join_postings([live_postings(seg, r, config) for seg, r in zip(parts, rows)])
+    return make_segment(forward, ids, config, num_threads, postings=postings)
+
+
+def live_postings(seg: Segment, rows: np.ndarray, config: dict) -> tuple:
+    """(indices (len(rows), m) uint32, values in value_dtype, keep mask or None): the posting entries of the given
+    rows of seg as its lists hold them (m = index_terms; keep marks the entries pruning left, when it left gaps)."""
+    m = config["index_terms"]
+    indices = np.zeros((seg.n, m), np.uint32)
+    values = np.zeros((seg.n, m), config["value_dtype"])
+    filled = np.zeros(seg.n, np.int64)
+    win = 1 << seg.index.window_bits
+    for w in range(seg.index.n_windows):
+        local, latents, vals = seg.index.window_postings(w)
+        row = local.astype(np.int64) + w * win
+        order = np.argsort(row, kind="stable")
+        row, latents, vals = row[order], latents[order], vals[order]
+        slot = np.arange(len(row)) - np.searchsorted(row, row)  # rank of each entry within its row
+        indices[row, slot], values[row, slot] = latents, vals
+        np.add.at(filled, row, 1)
+    keep = None if (filled == m).all() else (np.arange(m) < filled[:, None]).astype(np.uint8)
+    return indices[rows], values[rows], None if keep is None else keep[rows]
+
+
+def join_postings(parts: list) -> tuple:
+    """live_postings of several segments, stacked."""
+    indices = np.concatenate([p[0] for p in parts])
+    values = np.concatenate([p[1] for p in parts])
+    if all(p[2] is None for p in parts):
+        return indices, values, None
+    keep = np.concatenate([np.ones(p[0].shape, np.uint8) if p[2] is None else p[2] for p in parts])
+    return indices, values, keep
 
 
 def prune_mask(indices: np.ndarray, values: np.ndarray, h: int, keep_share: float) -> np.ndarray:
@@ -125,3 +184,35 @@ def prune_mask(indices: np.ndarray, values: np.ndarray, h: int, keep_share: floa
     keep = np.empty(len(lat), np.uint8)
     keep[order] = keep_sorted
     return keep.reshape(indices.shape)
+
+
+def decode_forward(model, forward: dict, config: dict, residual=None, batch_size: int = 4096) -> np.ndarray:
+    """(n, d) float32: the vectors dense mode scores, x_hat / |x_hat| (x_hat including the decoder bias and the
+    residual's reconstruction), decoded from forward arrays (forward_codes)."""
+    W = model.W_dec.detach().float().cpu()
+    bias = model.decoder_bias
+    W = torch.cat([W, (torch.zeros(1, W.shape[1]) if bias is None else bias.detach().float().cpu()[None])])
+    n = len(forward["fwd_packed" if "fwd_packed" in forward else "fwd_indices"])
+    out = np.empty((n, W.shape[1]), np.float32)
+    for s in range(0, n, batch_size):
+        rows = slice(s, s + batch_size)
+        if "fwd_packed" in forward:
+            packed = np.asarray(forward["fwd_packed"][rows])
+            head = np.ascontiguousarray(packed[:, :2 * SCALE_BYTES]).view(np.float16).astype(np.float32)
+            idx, q = unpack_stream(packed[:, header_bytes(config):], config["h"], config["k"], config["value_bits"],
+                                   config["index_coding"])
+            vals = q.astype(np.float32) * head[:, :1]
+            weighted = config["forward_bias"] or config["residual_m"]
+            weight = head[:, 1] if weighted else np.zeros(len(packed), np.float32)
+            idx, vals = np.hstack([idx, np.full((len(idx), 1), config["h"])]), np.hstack([vals, weight[:, None]])
+        else:  # plain: a decoder bias is already the extra column h
+            idx = np.asarray(forward["fwd_indices"][rows]).astype(np.int64)
+            vals = np.asarray(forward["fwd_values"][rows], np.float32)
+        x = torch.nn.functional.embedding_bag(torch.from_numpy(idx.astype(np.int64)), W,
+                                              per_sample_weights=torch.from_numpy(vals), mode="sum").numpy()
+        if residual is not None:
+            m = config["residual_m"]
+            start = header_bytes(config) - m
+            x = x + weight[:, None] * residual.decode(np.ascontiguousarray(packed[:, start:start + m]))
+        out[rows] = x
+    return out

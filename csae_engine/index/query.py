@@ -3,6 +3,7 @@ import numpy as np
 import torch
 
 from ..data import unit_rows
+from ..residual import CENTROIDS
 
 __all__ = ["query_rows", "query_codes", "QueryEncoder"]
 
@@ -37,10 +38,12 @@ class QueryEncoder:
     model : TopKSAE
     k : int
         Terms per query code: the index's k.
+    residual : ResidualQuantizer, optional
+        The index's residual quantizer: projections then end with its tables.
     """
 
-    def __init__(self, model, k: int):
-        self.model, self.k = model, k
+    def __init__(self, model, k: int, residual=None):
+        self.model, self.k, self.residual = model, k, residual
         self._decoder = None  # (h [+ 1], d) float32
 
     def codes(self, Q: np.ndarray, terms: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -51,11 +54,17 @@ class QueryEncoder:
         return idx, val
 
     def projections(self, Q: np.ndarray) -> np.ndarray:
-        """p = W_dec q for each unit query: (nq, h) float32; with a decoder bias b, one more column q . b."""
+        """p = W_dec q for each unit query: (nq, h) float32; with a decoder bias b, one more column q . b; with a
+        residual quantizer, its tables (ResidualQuantizer.tables) after them."""
         with torch.no_grad():
             if self._decoder is None:  # a tied decoder is a fresh transpose copy: make it once, not per search
                 W = self.model.W_dec.float()
                 b = self.model.decoder_bias
                 self._decoder = (W if b is None else torch.cat([W, b.float()[None]])).contiguous()
             W = self._decoder
-            return (torch.from_numpy(Q).to(W.device) @ W.T).cpu().numpy()
+            if self.residual is None:
+                return (torch.from_numpy(Q).to(W.device) @ W.T).cpu().numpy()
+            P = np.empty((len(Q), len(W) + self.residual.m * CENTROIDS), np.float32)
+            P[:, :len(W)] = (torch.from_numpy(Q).to(W.device) @ W.T).cpu().numpy()
+        self.residual.tables(Q, out=P[:, len(W):])
+        return P

@@ -6,9 +6,9 @@ and a live mask (None: every row live). Updates never change a segment; they mak
 import numpy as np
 
 from .. import _core
-from ..compact import index_bits
+from ..compact import SCALE_BYTES, index_bits
 
-__all__ = ["ARRAYS", "FORWARD_ARRAYS", "Segment", "as_id_array", "check_ids"]
+__all__ = ["ARRAYS", "FORWARD_ARRAYS", "Segment", "as_id_array", "check_ids", "header_bytes"]
 
 FORWARD_ARRAYS = ("fwd_indices", "fwd_values", "fwd_packed")  # plain (indices + values) or packed (compact codes)
 ARRAYS = ("offsets", "local_ids", "post_values", *FORWARD_ARRAYS, "ids")  # ids: only if given
@@ -24,8 +24,8 @@ class Segment:
         (values divided by |x_hat|): ``fwd_indices`` and ``fwd_values``, or ``fwd_packed`` (compact codes,
         cpp/rerank.h), and optionally ``ids`` (int64 user ids).
     config : dict
-        The index's config: h, window_bits, and for packed forward codes k, value_bits, forward_bias and
-        index_coding ("packed" or "ef").
+        The index's config: h, window_bits, and for packed forward codes k, value_bits, forward_bias,
+        index_coding ("packed" or "ef") and residual_m (residual bytes per row, 0 for none).
     first_id : int
         Without ``ids``, row r has user id first_id + r.
     live : np.ndarray or None
@@ -46,7 +46,8 @@ class Segment:
         if packed:
             self.index = _core.SegmentIndex.packed(*postings, arrays["fwd_packed"], self.n, h, window_bits,
                                                    config["k"], index_bits(h), config["value_bits"],
-                                                   bool(config["forward_bias"]), config["index_coding"])
+                                                   bool(config["forward_bias"]), config["index_coding"],
+                                                   config["residual_m"])
         else:
             self.index = _core.SegmentIndex(*postings, arrays["fwd_indices"], arrays["fwd_values"], self.n, h,
                                             window_bits)
@@ -123,6 +124,13 @@ class Segment:
         if self.live is not None:
             out["live"] = int(self.live.nbytes)
         return out
+
+
+def header_bytes(config: dict) -> int:
+    """Bytes before a packed forward row's bitstream (cpp/packed.h, RowLayout): the scale, a weight with a decoder
+    bias or a residual, the residual code."""
+    m = config["residual_m"]
+    return SCALE_BYTES * (1 + bool(config["forward_bias"] or m)) + m
 
 
 def as_id_array(ids, name: str) -> np.ndarray:

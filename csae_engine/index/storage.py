@@ -3,6 +3,7 @@
     index/manifest.json         format, version, config, the model's hashes, per segment: folder, n, files + sha256
     index/model.csae            the model (safetensors)
     index/seg-00000/*.npy       the arrays of segment.ARRAYS, and live.npy when the segment has deletes
+    index/residual.npy          the residual quantizer's codebook, when the forward rows hold residual codes
 
 Writes go to a temporary directory beside the target, renamed into place at the end (atomic); files of unchanged
 segments mapped from disk are hard-linked, not copied.
@@ -16,16 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
+from ..residual import ResidualQuantizer
 from .segment import ARRAYS, FORWARD_ARRAYS, Segment
 
-__all__ = ["INDEX_FORMAT_VERSION", "CONFIG_KEYS", "IndexWriter", "read_manifest", "load_segments", "sha256"]
+__all__ = ["INDEX_FORMAT_VERSION", "CONFIG_KEYS", "IndexWriter", "read_manifest", "load_segments", "load_residual",
+           "sha256"]
 
-INDEX_FORMAT_VERSION = 5  # 3: posting lists in latent-major order; 4: packed forward codes; 5: index_coding
-READS_VERSIONS = (3, 4, 5)
+INDEX_FORMAT_VERSION = 6  # 3: latent-major posting lists; 4: packed forward codes; 5: index_coding;
+# 6: residual codes, encoder postings
+READS_VERSIONS = (3, 4, 5, 6)
 FORMAT_NAME = "csae-engine index"
 MODEL_FILE = "model.csae"
+RESIDUAL_FILE = "residual.npy"
 CONFIG_KEYS = ("h", "k", "window_bits", "prune", "value_dtype", "shard_size", "forward", "index_terms", "value_bits",
-               "forward_bias", "index_coding")
+               "forward_bias", "index_coding", "residual_m", "postings")
 
 
 class IndexWriter:
@@ -65,12 +70,17 @@ class IndexWriter:
                              "dtypes": {a: str(arr.dtype) for a, arr in seg.arrays.items()}})
         return _load_segment(self.tmp, self.entries[-1], self.config, mmap=True, verify=False, final_dir=self.path)
 
-    def commit(self, model, model_sha256: str, segments: list, has_delta: bool = False) -> None:
-        """Write the model and the manifest, then move the directory into place."""
+    def commit(self, model, model_sha256: str, segments: list, has_delta: bool = False,
+               residual: ResidualQuantizer | None = None) -> None:
+        """Write the model, the residual codebook (if any) and the manifest, then move the directory into place."""
         model.save(self.tmp / MODEL_FILE)
+        extra = {}
+        if residual is not None:
+            np.save(self.tmp / RESIDUAL_FILE, residual.codebook, allow_pickle=False)
+            extra["residual_sha256"] = sha256(self.tmp / RESIDUAL_FILE)
         manifest = {"format": FORMAT_NAME, "format_version": INDEX_FORMAT_VERSION, **self.config,
                     "n": sum(seg.n_live for seg in segments), "model_sha256": model_sha256,
-                    "model_file_sha256": sha256(self.tmp / MODEL_FILE), "has_delta": has_delta,
+                    "model_file_sha256": sha256(self.tmp / MODEL_FILE), "has_delta": has_delta, **extra,
                     "segments": self.entries}
         (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=1))
         if self.path.exists():
@@ -115,6 +125,8 @@ def read_manifest(path, verify: bool) -> tuple[dict, Path]:
                     "forward_bias": None}
     if manifest["format_version"] <= 4:  # packed forward codes were fixed-width
         manifest = {**manifest, "index_coding": "packed" if manifest["forward"] == "packed" else None}
+    if manifest["format_version"] <= 5:  # no residual codes; posting lists made from the forward codes
+        manifest = {**manifest, "residual_m": 0, "postings": "forward"}
     _check_file(path / MODEL_FILE, manifest["model_file_sha256"], verify)
     return manifest, path / MODEL_FILE
 
@@ -130,6 +142,20 @@ def load_segments(path, manifest: dict, forward_width: int, mmap: bool, verify: 
     if not segments:
         raise ValueError(f"{path}: the manifest lists no segments")
     return segments
+
+
+def load_residual(path, manifest: dict, d: int, verify: bool) -> ResidualQuantizer | None:
+    """The residual quantizer of the index at path (None when its rows hold no residual codes)."""
+    if not manifest["residual_m"]:
+        return None
+    file = Path(path) / RESIDUAL_FILE
+    codebook = _load_array(file, manifest.get("residual_sha256"), "float32", False, verify)
+    if codebook.ndim != 3 or codebook.shape[0] != manifest["residual_m"]:
+        raise ValueError(f"{file} has shape {codebook.shape}, the manifest says {manifest['residual_m']} subspaces")
+    try:
+        return ResidualQuantizer(codebook, d)
+    except ValueError as e:
+        raise ValueError(f"{file}: {e}") from e
 
 
 def _load_segment(root: Path, entry: dict, config: dict, mmap: bool, verify: bool,

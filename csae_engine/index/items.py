@@ -1,0 +1,65 @@
+"""Items to index entries, as an index's config stores them: the forward code (a compact sparse code of the byte
+budget and its residual code, or float16 codes) and the codes its posting lists hold. Engine.build and add use it."""
+import numpy as np
+
+from ..compact import DEFAULT_INDEX_CODING, SCALE_BYTES, check_index_coding, compact_k, stream_bits
+from ..models.encoding import DEFAULT_VALUE_BITS, encode_compact
+from ..residual import DEFAULT_TRAIN_SAMPLE, ResidualQuantizer, encode_residuals, residual_split, residuals_of
+from ..utils import positive_int
+from .build import forward_codes, posting_lists
+
+__all__ = ["forward_budget", "compact_config", "encode_items", "train_residual"]
+
+
+def forward_budget(model, bytes_per_item: int, residual_bytes: int | None, value_bits: int | None,
+                   index_coding: str | None) -> dict:
+    """The compact forward code a byte budget buys: k, value_bits, index_coding, sparse_bytes (the sparse code's
+    bytes) and residual_m (residual bytes; residual.residual_split divides the budget).
+
+    Raises
+    ------
+    ValueError
+        A budget too small for one entry, residual_bytes out of range or leaving no room for the sparse code.
+    """
+    bytes_per_item = positive_int(bytes_per_item, "bytes_per_item")
+    coding = DEFAULT_INDEX_CODING if index_coding is None else check_index_coding(index_coding)
+    bits = DEFAULT_VALUE_BITS if value_bits is None else value_bits
+    one_entry = SCALE_BYTES + -(-stream_bits(model.h, 1, bits, coding) // 8)
+    sparse_bytes, m = residual_split(bytes_per_item, model.d, residual_bytes, one_entry)
+    return {"k": compact_k(model.h, sparse_bytes, bits, coding), "value_bits": bits, "index_coding": coding,
+            "sparse_bytes": sparse_bytes, "residual_m": m}
+
+
+def compact_config(config: dict) -> dict:
+    """encode_compact's options for an index's config."""
+    return {"k": config["k"], "value_bits": config["value_bits"], "index_coding": config["index_coding"]}
+
+
+def train_residual(model, X, config: dict, *, seed: int = 0, progress: bool | None = None) -> ResidualQuantizer:
+    """A ResidualQuantizer of config["residual_m"] bytes, trained on the residuals of the compact codes of a random
+    sample of the rows of X (at most residual.DEFAULT_TRAIN_SAMPLE)."""
+    n = X.shape[0]
+    rows = np.arange(n) if n <= DEFAULT_TRAIN_SAMPLE else np.sort(
+        np.random.default_rng(seed).choice(n, DEFAULT_TRAIN_SAMPLE, replace=False))
+    sample = X[rows]
+    codes = encode_compact(model, sample, progress=False, **compact_config(config))
+    R = residuals_of(model, sample, codes, np.arange(len(rows)))
+    return ResidualQuantizer.train(R, config["residual_m"], seed=seed, progress=progress)
+
+
+def encode_items(model, X, config: dict, residual: ResidualQuantizer | None, *, batch_size: int = 8192,
+                 progress: bool | None = None) -> tuple[dict, tuple | None]:
+    """(forward arrays, posting lists or None) of the rows of X under config; None: the posting lists come from
+    the forward codes (config["postings"] == "forward")."""
+    if config["forward"] == "packed":
+        codes = encode_compact(model, X, batch_size=batch_size, progress=progress, **compact_config(config))
+    else:
+        codes = model.encode(X, config["k"], batch_size=batch_size, progress=progress)
+    residual_codes = None
+    if config["residual_m"]:
+        residual_codes = (residual, encode_residuals(model, X, codes, residual, progress=progress))
+    forward = forward_codes(model, codes, residual_codes)
+    if config["postings"] != "encoder":
+        return forward, None
+    post = model.encode(X, config["index_terms"], batch_size=batch_size, value_dtype=np.float32, progress=False)
+    return forward, posting_lists(post.indices, post.values, config)
