@@ -221,7 +221,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_compact_options(b, "128 for signed models, with a residual code; csr: the model's k entries, float16")
     b.add_argument("--residual-bytes", type=int, default=None,
                    help="bytes of product-quantised residual per item, within --bytes-per-item (0: none; default "
-                        "3/4 of the budget, at most d)")
+                        "the budget less max(22, budget / 4) bytes for the sparse code, at most d)")
     b.add_argument("--index-terms", type=int, default=None,
                    help="entries of each code in the posting lists (default: the model's k)")
     b.add_argument("--prune", type=float, default=None, help="keep this share of each posting list (approximate)")

@@ -13,12 +13,14 @@ from .data import unit_rows_at
 from .utils import positive_int, progress_bar
 
 __all__ = ["ResidualQuantizer", "CENTROIDS", "DEFAULT_ITERATIONS", "DEFAULT_TRAIN_SAMPLE", "residuals_of",
-           "encode_residuals", "residual_split", "DEFAULT_RESIDUAL_SHARE", "WEIGHT_BYTES"]
+           "encode_residuals", "residual_split", "DEFAULT_SPARSE_BYTES", "WEIGHT_BYTES"]
 
 CENTROIDS = 256  # one byte per subspace
 DEFAULT_ITERATIONS = 20
 DEFAULT_TRAIN_SAMPLE = 65536  # residuals k-means sees; 256 centroids x 256 points each
-DEFAULT_RESIDUAL_SHARE = 0.75  # of a forward code's bytes; see README "Compact codes"
+# The sparse code's bytes in a default split (the residual takes the rest); measured on WordNet/MiniLM, dense
+# recall@10: 128 B as 30 + 96 residual 0.926, 46 + 80 0.922; 64 B as 22 + 40 0.817, 30 + 32 0.815, 14 + 48 0.797
+DEFAULT_SPARSE_BYTES = 22
 WEIGHT_BYTES = 2  # the float16 1 / |x_hat| a row with a residual carries
 _DISTANCE_BYTES = 1 << 26  # bounds the (m, rows, CENTROIDS) distance block of assignment
 
@@ -184,8 +186,9 @@ def encode_residuals(model, X, codes, quantizer: ResidualQuantizer, batch_size: 
 def residual_split(bytes_per_item: int, d: int, residual_bytes: int | None = None,
                    sparse_min: int = 1) -> tuple[int, int]:
     """(bytes of the compact sparse code, residual bytes m) of a forward code of bytes_per_item bytes: the residual
-    takes m bytes and its float16 weight WEIGHT_BYTES, the sparse code the rest. Default m: DEFAULT_RESIDUAL_SHARE
-    of the budget (at most d), or 0 when the sparse code would get under sparse_min bytes.
+    takes m bytes and its float16 weight WEIGHT_BYTES, the sparse code the rest. Default: the sparse code gets a
+    quarter of the budget less the weight, at least DEFAULT_SPARSE_BYTES, the residual the rest (at most d bytes);
+    no residual when the sparse code would get under sparse_min bytes.
 
     Raises
     ------
@@ -193,8 +196,9 @@ def residual_split(bytes_per_item: int, d: int, residual_bytes: int | None = Non
         residual_bytes negative or above d, or leaving the sparse code under sparse_min bytes.
     """
     if residual_bytes is None:
-        m = min(d, int(bytes_per_item * DEFAULT_RESIDUAL_SHARE))
-        return (bytes_per_item - m - WEIGHT_BYTES, m) if bytes_per_item - m - WEIGHT_BYTES >= sparse_min \
+        sparse = max(DEFAULT_SPARSE_BYTES, bytes_per_item // 4 - WEIGHT_BYTES)
+        m = max(0, min(d, bytes_per_item - WEIGHT_BYTES - sparse))
+        return (bytes_per_item - m - WEIGHT_BYTES, m) if m and bytes_per_item - m - WEIGHT_BYTES >= sparse_min \
             else (bytes_per_item, 0)
     if isinstance(residual_bytes, bool) or not isinstance(residual_bytes, (int, np.integer)):
         raise TypeError(f"residual_bytes must be an int, got {type(residual_bytes).__name__} {residual_bytes!r}")

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import csae_engine as ce
-from csae_engine.residual import (CENTROIDS, WEIGHT_BYTES, ResidualQuantizer, encode_residuals, residual_split,
+from csae_engine.residual import (CENTROIDS, DEFAULT_SPARSE_BYTES, WEIGHT_BYTES, ResidualQuantizer, encode_residuals, residual_split,
                                   residuals_of)
 from test_engine import assert_same_topk, restricted_to
 
@@ -64,8 +64,11 @@ def test_bad_input_is_refused_by_name(rng):
 
 
 def test_the_byte_split():
-    assert residual_split(128, 384) == (128 - 96 - WEIGHT_BYTES, 96)
+    assert residual_split(128, 384) == (30, 96), "a quarter, less the weight, for the sparse code"
+    assert residual_split(64, 384) == (DEFAULT_SPARSE_BYTES, 64 - 2 - DEFAULT_SPARSE_BYTES), "at least 22 bytes"
+    assert residual_split(256, 384) == (62, 192)
     assert residual_split(128, 64) == (128 - 64 - WEIGHT_BYTES, 64), "at most one byte per dimension"
+    assert residual_split(24, 384) == (24, 0), "no room beside the sparse code: no residual"
     assert residual_split(128, 384, 0) == (128, 0)
     assert residual_split(128, 384, 40) == (86, 40)
     assert residual_split(6, 384, sparse_min=5) == (6, 0), "no room for a residual: none by default"
