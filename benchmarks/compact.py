@@ -28,6 +28,7 @@ def main(argv=None) -> None:
     p.add_argument("--codings", nargs="+", default=["packed", "ef"], help="index codings of compact codes")
     p.add_argument("--residual-bytes", nargs="+", default=["0"],
                    help="residual bytes within each budget: ints, or 'default' for Engine.build's split")
+    p.add_argument("--support", nargs="+", default=["encoder"], help="how compact codes choose their latents")
     p.add_argument("--queries", type=int, default=2000, help="the first this many queries")
     p.add_argument("--candidates", type=int, nargs="+", default=[1000])
     a = p.parse_args(argv)
@@ -55,13 +56,15 @@ def main(argv=None) -> None:
         for coding in a.codings:
             for bits in a.value_bits:
                 for residual in a.residual_bytes:
-                    t = time.perf_counter()
-                    engine = ce.Engine(model).build(ds.docs, bytes_per_item=budget, value_bits=bits,
-                                                    index_coding=coding,
-                                                    residual_bytes=None if residual == "default" else int(residual))
-                    m = engine.config["residual_m"]
-                    measure(f"{budget} B: compact, {coding} indices, {bits}-bit values"
-                            + (f" + {m} B residual" if m else ""), engine, time.perf_counter() - t, ("fwd_packed",))
+                    for support in a.support:
+                        t = time.perf_counter()
+                        engine = ce.Engine(model).build(
+                            ds.docs, bytes_per_item=budget, value_bits=bits, index_coding=coding, support=support,
+                            residual_bytes=None if residual == "default" else int(residual))
+                        m = engine.config["residual_m"]
+                        measure(f"{budget} B: compact, {coding} indices, {bits}-bit values, {support} support"
+                                + (f" + {m} B residual" if m else ""), engine, time.perf_counter() - t,
+                                ("fwd_packed",))
     cfg = {"model": a.model, "h": model.h, "k": model.k, "data": ds.name, "queries": len(Q),
            "candidates": a.candidates}
     md = (f"{len(ds.docs)} items, h={model.h}, model k={model.k}, {len(Q)} queries; recall@10 against the exact "

@@ -53,7 +53,7 @@ def _encode(a) -> None:
     model = load_model(a.model, device=a.device or "cpu")
     if a.bytes_per_item is not None:
         codes = model.encode(a.items, k=a.k, bytes_per_item=a.bytes_per_item, value_bits=a.value_bits,
-                             index_coding=a.index_coding, progress=True)
+                             index_coding=a.index_coding, support=a.support, progress=True)
     else:
         codes = model.encode(a.items, k=a.k, value_dtype=a.values, progress=True)
     codes.save(a.output)
@@ -69,6 +69,7 @@ def _build(a) -> None:
     engine = Engine(model, num_threads=a.threads).build(a.items, ids=ids, bytes_per_item=a.bytes_per_item,
                                                         residual_bytes=a.residual_bytes,
                                                         value_bits=a.value_bits, index_coding=a.index_coding,
+                                                        support=a.support,
                                                         index_terms=a.index_terms,
                                                         prune=a.prune, shard_size=a.shard_size, directory=a.output,
                                                         progress=True)
@@ -138,12 +139,15 @@ def _demo(a) -> None:
 def add_compact_options(parser: argparse.ArgumentParser, default_help: str) -> None:
     """--bytes-per-item, --value-bits and --index-coding: compact codes (csae_engine/compact.py)."""
     from .compact import DEFAULT_INDEX_CODING, INDEX_CODINGS
-    from .models.encoding import DEFAULT_VALUE_BITS
+    from .models.encoding import DEFAULT_VALUE_BITS, SUPPORTS
     parser.add_argument("--bytes-per-item", type=int, default=None,
                         help="compact codes of this many bytes per item: as many refitted entries as fit "
                              f"(default: {default_help})")
     parser.add_argument("--value-bits", type=int, default=None,
                         help=f"bits per compact value (default {DEFAULT_VALUE_BITS})")
+    parser.add_argument("--support", choices=SUPPORTS, default=None,
+                        help="how compact codes choose their latents: encoder (its top k, the default) or pursuit "
+                             "(orthogonal matching pursuit: better codes, slower encoding)")
     parser.add_argument("--index-coding", choices=INDEX_CODINGS, default=None,
                         help=f"compact latent indices: packed (fixed width, fastest) or ef (Elias-Fano: more entries "
                              f"per byte, slower to score); default {DEFAULT_INDEX_CODING}")

@@ -71,7 +71,8 @@ class Engine:
         return cls(model, num_threads=num_threads).build_codes(codes, ids, prune=prune)
 
     def build(self, X, ids=None, *, bytes_per_item: int | None = None, residual_bytes: int | None = None,
-              value_bits: int | None = None, index_coding: str | None = None, index_terms: int | None = None,
+              value_bits: int | None = None, index_coding: str | None = None, support: str | None = None,
+              index_terms: int | None = None,
               batch_size: int = 8192, prune: float | None = None, shard_size: int | None = None, directory=None,
               progress: bool | None = None) -> "Engine":
         """Encode the rows of X and index them.
@@ -94,6 +95,8 @@ class Engine:
         index_coding : {"packed", "ef"}, optional
             How compact codes store their latents (compact.py; default DEFAULT_INDEX_CODING): fixed-width, or
             Elias-Fano coded sorted sets, which fit more entries in the same bytes.
+        support : {"encoder", "pursuit"}, optional
+            How compact codes choose their latents (default index.items.DEFAULT_SUPPORT; see model.encode).
         index_terms : int, optional
             The strongest entries of each code that the posting lists hold (sparse mode and the candidates of
             dense mode); default: the model's k, at most the code's entries.
@@ -120,15 +123,17 @@ class Engine:
         if bytes_per_item is None and self.model.signed:
             bytes_per_item = DEFAULT_BYTES_PER_ITEM
         if bytes_per_item is None:
-            if residual_bytes or value_bits is not None or index_coding is not None:
-                raise ValueError("residual_bytes, value_bits and index_coding apply to compact codes: give "
-                                 "bytes_per_item too")
-            forward = {"k": self.model.k, "value_bits": None, "index_coding": None, "residual_m": 0}
+            if residual_bytes or value_bits is not None or index_coding is not None or support is not None:
+                raise ValueError("residual_bytes, value_bits, index_coding and support apply to compact codes: "
+                                 "give bytes_per_item too")
+            forward = {"k": self.model.k, "value_bits": None, "index_coding": None, "residual_m": 0,
+                       "support": None}
         else:
-            forward = forward_budget(self.model, bytes_per_item, residual_bytes, value_bits, index_coding)
+            forward = forward_budget(self.model, bytes_per_item, residual_bytes, value_bits, index_coding, support)
         compact = bytes_per_item is not None
         self._set_config(forward["k"], compact, forward["value_bits"], forward["index_coding"], np.float16, prune,
-                         shard_size, index_terms, forward["residual_m"], "encoder" if compact else "forward")
+                         shard_size, index_terms, forward["residual_m"], "encoder" if compact else "forward",
+                         forward["support"])
         step = n if shard_size is None else shard_size
         writer = None if directory is None else IndexWriter(Path(directory), self.config)
         segments = []
@@ -169,7 +174,7 @@ class Engine:
         self._set_config(codes.k, packed, codes.value_bits if packed else None,
                          codes.index_coding if packed else None,
                          np.float16 if packed or codes.quantized else codes.values.dtype,  # 8-bit: as float16
-                         prune, shard_size, index_terms, 0, "forward")
+                         prune, shard_size, index_terms, 0, "forward", "encoder" if packed else None)
         step = codes.n if shard_size is None else shard_size
         forward = self._forward(codes)
         segments = tuple(self._segment({name: arr[s:s + step] for name, arr in forward.items()},
@@ -179,7 +184,7 @@ class Engine:
         return self
 
     def _set_config(self, k, packed, value_bits, index_coding, value_dtype, prune, shard_size, index_terms,
-                    residual_m, postings) -> None:
+                    residual_m, postings, support) -> None:
         """The index's config (see csae_engine/index/storage.py). postings: "forward" (the strongest index_terms
         entries of the forward codes) or "encoder" (the encoder's codes of index_terms entries)."""
         if prune is not None and not 0 < prune <= 1:
@@ -194,7 +199,7 @@ class Engine:
                        "forward": "packed" if packed else "plain", "index_terms": index_terms,
                        "value_bits": value_bits, "index_coding": index_coding,
                        "forward_bias": self.model.decoder_bias is not None, "residual_m": residual_m,
-                       "postings": postings}
+                       "postings": postings, "support": support}
         self.residual = None
         self.queries = QueryEncoder(self.model, index_terms)
 

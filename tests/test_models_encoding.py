@@ -54,3 +54,35 @@ def test_refit_solves_the_least_squares_problem():
 def test_refit_needs_signed_codes():
     with pytest.raises(ValueError, match="signed codes"):
         ce.CSRAutoencoder(8, 32, 4).encode(np.ones((2, 8), np.float32), refit=True)
+
+
+def test_pursuit_refits_each_support_it_grows(wordnet):
+    X = np.asarray(wordnet["docs"][:2000], np.float32)
+    model = ce.train(X, h=256, k=8, steps=40, batch_size=256, progress=False)
+    fit = ValueRefit(model)
+    x = torch.from_numpy(X[:300] / np.linalg.norm(X[:300], axis=1, keepdims=True))
+    with torch.no_grad():
+        idx, val = fit.pursuit(x, 12)
+        again_idx, again_val = fit(x, idx)
+        first = (x @ fit.W.T).abs().argmax(dim=1)
+    assert idx.shape == (300, 12) and all(len(set(row.tolist())) == 12 for row in idx), "12 distinct latents"
+    assert (idx == first[:, None]).any(dim=1).all(), "the most correlated latent is always chosen"
+    torch.testing.assert_close(again_idx, idx)
+    torch.testing.assert_close(again_val, val, atol=1e-5, rtol=1e-4)  # the values are the support's LS values
+    pursued = model.encode(X[:300], bytes_per_item=40, support="pursuit")
+    encoded = model.encode(X[:300], bytes_per_item=40)
+    assert pursued.k == encoded.k
+    assert cosines(model, X[:300], pursued).mean() > cosines(model, X[:300], encoded).mean() + 0.005
+
+
+def test_support_is_checked():
+    X = unit(np.random.default_rng(0), 20, 16)
+    model = ce.CompresSAE(16, 64, 4)
+    with pytest.raises(ValueError, match="support must be one of"):
+        model.encode(X, bytes_per_item=32, support="lasso")
+    with pytest.raises(ValueError, match="needs refit=True"):
+        model.encode(X, bytes_per_item=32, support="pursuit", refit=False)
+    with pytest.raises(ValueError, match="give bytes_per_item too"):
+        model.encode(X, support="pursuit")
+    with pytest.raises(ValueError, match="support must be one of"):
+        ce.Engine(model).build(X, support="lasso")

@@ -3,18 +3,20 @@ budget and its residual code, or float16 codes) and the codes its posting lists 
 import numpy as np
 
 from ..compact import DEFAULT_INDEX_CODING, SCALE_BYTES, check_index_coding, compact_k, stream_bits
-from ..models.encoding import DEFAULT_VALUE_BITS, encode_compact
+from ..models.encoding import DEFAULT_VALUE_BITS, SUPPORTS, encode_compact
+
+DEFAULT_SUPPORT = "encoder"  # how Engine.build's compact codes choose their latents (README, "Compact codes")
 from ..residual import DEFAULT_TRAIN_SAMPLE, ResidualQuantizer, encode_residuals, residual_split, residuals_of
 from ..utils import positive_int
 from .build import forward_codes, posting_lists
 
-__all__ = ["forward_budget", "compact_config", "encode_items", "train_residual"]
+__all__ = ["DEFAULT_SUPPORT", "forward_budget", "compact_config", "encode_items", "train_residual"]
 
 
 def forward_budget(model, bytes_per_item: int, residual_bytes: int | None, value_bits: int | None,
-                   index_coding: str | None) -> dict:
-    """The compact forward code a byte budget buys: k, value_bits, index_coding, sparse_bytes (the sparse code's
-    bytes) and residual_m (residual bytes; residual.residual_split divides the budget).
+                   index_coding: str | None, support: str | None = None) -> dict:
+    """The compact forward code a byte budget buys: k, value_bits, index_coding, support, sparse_bytes (the sparse
+    code's bytes) and residual_m (residual bytes; residual.residual_split divides the budget).
 
     Raises
     ------
@@ -26,13 +28,17 @@ def forward_budget(model, bytes_per_item: int, residual_bytes: int | None, value
     bits = DEFAULT_VALUE_BITS if value_bits is None else value_bits
     one_entry = SCALE_BYTES + -(-stream_bits(model.h, 1, bits, coding) // 8)
     sparse_bytes, m = residual_split(bytes_per_item, model.d, residual_bytes, one_entry)
+    support = DEFAULT_SUPPORT if support is None else support
+    if support not in SUPPORTS:
+        raise ValueError(f"support must be one of {SUPPORTS}, got {support!r}")
     return {"k": compact_k(model.h, sparse_bytes, bits, coding), "value_bits": bits, "index_coding": coding,
-            "sparse_bytes": sparse_bytes, "residual_m": m}
+            "sparse_bytes": sparse_bytes, "residual_m": m, "support": support}
 
 
 def compact_config(config: dict) -> dict:
     """encode_compact's options for an index's config."""
-    return {"k": config["k"], "value_bits": config["value_bits"], "index_coding": config["index_coding"]}
+    return {"k": config["k"], "value_bits": config["value_bits"], "index_coding": config["index_coding"],
+            "support": config["support"]}
 
 
 def train_residual(model, X, config: dict, *, seed: int = 0, progress: bool | None = None) -> ResidualQuantizer:

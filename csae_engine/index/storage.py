@@ -30,7 +30,7 @@ FORMAT_NAME = "csae-engine index"
 MODEL_FILE = "model.csae"
 RESIDUAL_FILE = "residual.npy"
 CONFIG_KEYS = ("h", "k", "window_bits", "prune", "value_dtype", "shard_size", "forward", "index_terms", "value_bits",
-               "forward_bias", "index_coding", "residual_m", "postings")
+               "forward_bias", "index_coding", "residual_m", "postings", "support")
 
 
 class IndexWriter:
@@ -126,7 +126,8 @@ def read_manifest(path, verify: bool) -> tuple[dict, Path]:
     if manifest["format_version"] <= 4:  # packed forward codes were fixed-width
         manifest = {**manifest, "index_coding": "packed" if manifest["forward"] == "packed" else None}
     if manifest["format_version"] <= 5:  # no residual codes; posting lists made from the forward codes
-        manifest = {**manifest, "residual_m": 0, "postings": "forward"}
+        manifest = {**manifest, "residual_m": 0, "postings": "forward",
+                    "support": "encoder" if manifest["forward"] == "packed" else None}
     _check_file(path / MODEL_FILE, manifest["model_file_sha256"], verify)
     return manifest, path / MODEL_FILE
 

@@ -283,7 +283,8 @@ class TopKSAE(torch.nn.Module, abc.ABC):
 
     # numpy-level API
     def encode(self, X, k: int | None = None, *, bytes_per_item: int | None = None, value_bits: int | None = None,
-               index_coding: str | None = None, refit: bool | None = None, batch_size: int = 8192,
+               index_coding: str | None = None, refit: bool | None = None, support: str | None = None,
+               batch_size: int = 8192,
                value_dtype=np.float16, progress: bool | None = None):
         """Codes of the rows of X; rows are L2-normalised first.
 
@@ -308,6 +309,9 @@ class TopKSAE(torch.nn.Module, abc.ABC):
             each, entries strongest first; "ef", the sorted set Elias-Fano coded (about log2(h / k) + 2 bits
             each, so more entries fit the budget), entries in increasing latent order (unpack_strongest gives
             them strongest first).
+        support : {"encoder", "pursuit"}, optional
+            How CompactCodes choose their latents: the encoder's top k (default), or orthogonal matching pursuit
+            over the decoder (ValueRefit.pursuit: a better reconstruction, several times the encoding time).
         refit : bool, optional
             Replace the encoder's values by the least-squares values on the same latents (ValueRefit: never a
             worse reconstruction; signed models only). Default: on for CompactCodes, off for SparseCodes.
@@ -328,15 +332,17 @@ class TopKSAE(torch.nn.Module, abc.ABC):
             refit on non-negative codes, or bad rows in X (named by row).
         """
         if bytes_per_item is None:
-            if value_bits is not None or index_coding is not None:
-                raise ValueError("value_bits and index_coding apply to compact codes: give bytes_per_item too")
+            if value_bits is not None or index_coding is not None or support is not None:
+                raise ValueError("value_bits, index_coding and support apply to compact codes: give bytes_per_item "
+                                 "too")
             return encode_rows(self, X, k, batch_size=batch_size, value_dtype=value_dtype, progress=progress,
                                refit=bool(refit))
         if k is not None:
             raise ValueError("give k or bytes_per_item, not both: a byte budget sets k")
         return encode_compact(self, X, bytes_per_item, value_bits=DEFAULT_VALUE_BITS if value_bits is None else
                               value_bits, index_coding=DEFAULT_INDEX_CODING if index_coding is None else
-                              index_coding, batch_size=batch_size, progress=progress, refit=refit is not False)
+                              index_coding, batch_size=batch_size, progress=progress, refit=refit is not False,
+                              support="encoder" if support is None else support)
 
     def decode(self, codes, *, batch_size: int = 65536) -> np.ndarray:
         """Reconstructions of SparseCodes or CompactCodes (quantised values are dequantised).

@@ -10,9 +10,10 @@ from ..compact import DEFAULT_INDEX_CODING, CompactCodes, check_index_coding, co
 from ..data import iter_batches
 from ..utils import positive_int, progress_bar
 
-__all__ = ["DEFAULT_VALUE_BITS", "ValueRefit", "autocast", "encode_rows", "encode_compact", "decode_codes"]
+__all__ = ["SUPPORTS", "DEFAULT_VALUE_BITS", "ValueRefit", "autocast", "encode_rows", "encode_compact", "decode_codes"]
 
 REFIT_BATCH_BYTES = 1 << 28  # a refit batch's float64 Gram blocks stay near this size (k=170: 1,161 rows)
+SUPPORTS = ("encoder", "pursuit")  # how compact codes choose their latents
 DEFAULT_VALUE_BITS = 5  # compact codes: 4 and 5 tie at 64 B, 5 wins at 128 B (benchmarks/results/compact_*)
 
 
@@ -54,6 +55,20 @@ class ValueRefit:
         bias = model.decoder_bias
         self.bias = None if bias is None else bias.detach().float()
 
+    def pursuit(self, x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(indices, values) of unit rows x (B, d) by orthogonal matching pursuit: k times, add the latent most
+        correlated with what the code leaves out, then refit every value on the support; strongest first."""
+        target = x.float() if self.bias is None else x.float() - self.bias
+        indices = torch.empty((len(x), 0), dtype=torch.int64, device=x.device)
+        residual = target
+        for _ in range(k):
+            corr = (residual @ self.W.T).abs()
+            corr.scatter_(1, indices, -1.0)
+            indices = torch.cat([indices, corr.argmax(dim=1, keepdim=True)], dim=1)
+            indices, values = self(x, indices)
+            residual = target - torch.bmm(values[:, None, :], self.W[indices]).squeeze(1)
+        return indices, values
+
     def __call__(self, x: torch.Tensor, indices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(indices, values) of unit rows x (B, d) on the support indices (B, k), strongest first."""
         target = x.float() if self.bias is None else x.float() - self.bias
@@ -65,8 +80,9 @@ class ValueRefit:
         return indices.gather(1, order), values.gather(1, order)
 
 
-def _encoded_batches(model, X, k: int, batch_size: int, progress, refit: bool):
-    """(rows, indices (b, k) int64, values (b, k) float32) over the rows of X, a batch at a time."""
+def _encoded_batches(model, X, k: int, batch_size: int, progress, refit: bool, support: str = "encoder"):
+    """(rows, indices (b, k) int64, values (b, k) float32) over the rows of X, a batch at a time; support
+    "pursuit" picks the latents by ValueRefit.pursuit instead of the encoder (refit only)."""
     batch_size = positive_int(batch_size, "batch_size")
     X = model.check_input(X)
     n = X.shape[0]
@@ -77,10 +93,13 @@ def _encoded_batches(model, X, k: int, batch_size: int, progress, refit: bool):
                            progress=progress, items=n)
     for start, batch in batches:
         x = torch.from_numpy(batch).to(model.device)
-        with autocast(model.device):
-            idx, val = model.encode_tensor(x, k)
-        if fit is not None:
-            idx, val = fit(x, idx)
+        if support == "pursuit":
+            idx, val = fit.pursuit(x, k)
+        else:
+            with autocast(model.device):
+                idx, val = model.encode_tensor(x, k)
+            if fit is not None:
+                idx, val = fit(x, idx)
         yield slice(start, start + len(batch)), idx.cpu().numpy(), val.float().cpu().numpy()
 
 
@@ -116,10 +135,15 @@ def encode_rows(model, X, k: int | None = None, *, batch_size: int = 8192, value
 @torch.no_grad()
 def encode_compact(model, X, bytes_per_item: int | None = None, *, k: int | None = None,
                    value_bits: int = DEFAULT_VALUE_BITS, index_coding: str = DEFAULT_INDEX_CODING,
-                   batch_size: int = 8192, progress: bool | None = None, refit: bool = True) -> CompactCodes:
+                   batch_size: int = 8192, progress: bool | None = None, refit: bool = True,
+                   support: str = "encoder") -> CompactCodes:
     """CompactCodes of the rows of X: k entries, or the most that fit bytes_per_item bytes per item
     (compact.compact_k, which depends on index_coding); values refitted by least squares (refit=True), then
-    quantised to value_bits bits."""
+    quantised to value_bits bits. support: "encoder" (its top k) or "pursuit" (ValueRefit.pursuit)."""
+    if support not in SUPPORTS:
+        raise ValueError(f"support must be one of {SUPPORTS}, got {support!r}")
+    if support == "pursuit" and not refit:
+        raise ValueError("support='pursuit' refits the values: it needs refit=True")
     if (k is None) == (bytes_per_item is None):
         raise ValueError("give k or bytes_per_item (which sets k), not both")
     check_index_coding(index_coding)
@@ -130,7 +154,7 @@ def encode_compact(model, X, bytes_per_item: int | None = None, *, k: int | None
     indices = np.zeros((n, k), np.int64)
     q = np.zeros((n, k), np.int32)
     scales = np.zeros(n, np.float16)
-    for rows, idx, val in _encoded_batches(model, X, k, batch_size, progress, refit):
+    for rows, idx, val in _encoded_batches(model, X, k, batch_size, progress, refit, support):
         indices[rows] = idx
         q[rows], scales[rows] = quantize_values(val, value_bits)
     return CompactCodes.pack(indices, q, scales, model.h, value_bits, index_coding)
