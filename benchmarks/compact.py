@@ -58,9 +58,13 @@ def main(argv=None) -> None:
                 for residual in a.residual_bytes:
                     for support in a.support:
                         t = time.perf_counter()
-                        engine = ce.Engine(model).build(
-                            ds.docs, bytes_per_item=budget, value_bits=bits, index_coding=coding, support=support,
-                            residual_bytes=None if residual == "default" else int(residual))
+                        try:
+                            engine = ce.Engine(model).build(
+                                ds.docs, bytes_per_item=budget, value_bits=bits, index_coding=coding,
+                                support=support, residual_bytes=None if residual == "default" else int(residual))
+                        except ValueError as e:
+                            print(f"skipped {budget} B with {residual} residual bytes: {e}", flush=True)
+                            continue
                         m = engine.config["residual_m"]
                         measure(f"{budget} B: compact, {coding} indices, {bits}-bit values, {support} support"
                                 + (f" + {m} B residual" if m else ""), engine, time.perf_counter() - t,

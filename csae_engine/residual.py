@@ -18,8 +18,9 @@ __all__ = ["ResidualQuantizer", "CENTROIDS", "DEFAULT_ITERATIONS", "DEFAULT_TRAI
 CENTROIDS = 256  # one byte per subspace
 DEFAULT_ITERATIONS = 20
 DEFAULT_TRAIN_SAMPLE = 65536  # residuals k-means sees; 256 centroids x 256 points each
-# The sparse code's bytes in a default split (the residual takes the rest); measured on WordNet/MiniLM, dense
-# recall@10: 128 B as 30 + 96 residual 0.926, 46 + 80 0.922; 64 B as 22 + 40 0.817, 30 + 32 0.815, 14 + 48 0.797
+# The sparse code's least bytes in a default split (the residual takes the rest). WordNet/MiniLM, dense recall@10
+# (benchmarks/results/compact_*): 128 B with 96 residual bytes 0.925, 80: 0.919; 64 B with 40: 0.814, 32: 0.807,
+# 48: 0.797 (README, "Compact codes")
 DEFAULT_SPARSE_BYTES = 22
 WEIGHT_BYTES = 2  # the float16 1 / |x_hat| a row with a residual carries
 _DISTANCE_BYTES = 1 << 26  # bounds the (m, rows, CENTROIDS) distance block of assignment
