@@ -74,8 +74,8 @@ def _build(a) -> None:
                                                         prune=a.prune, shard_size=a.shard_size, directory=a.output,
                                                         progress=True)
     cfg = engine.config
-    forward = (f"forward codes: {cfg['k']} entries" + (f" + {cfg['residual_m']} B residual" if cfg["residual_m"] else "")
-               + f", posting lists: {cfg['index_terms']} terms")
+    residual = f" + {cfg['residual_m']} B residual" if cfg["residual_m"] else ""
+    forward = f"forward codes: {cfg['k']} entries{residual}, posting lists: {cfg['index_terms']} terms"
     print(f"indexed {len(engine)} items in {time.perf_counter() - t:.1f} s ({forward}), "
           f"{engine.bytes_per_item():.1f} bytes/item; saved {a.output}")
 

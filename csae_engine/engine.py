@@ -19,7 +19,8 @@ import numpy as np
 
 from .codes import SparseCodes
 from .compact import CompactCodes
-from .index.build import WINDOW_BITS, decode_forward, forward_codes, join_postings, live_postings, make_segment, merge_segments
+from .index.build import (WINDOW_BITS, decode_forward, forward_codes, join_postings, live_postings, make_segment,
+                          merge_segments)
 from .index.items import encode_items, forward_budget, train_residual
 from .index.query import QueryEncoder, query_rows
 from .index.search import SearchParams, allowed_masks, search_segments
@@ -323,8 +324,8 @@ class Engine:
 
     def reconstruct(self, ids) -> np.ndarray:
         """(len(ids), d) float32: the unit vectors dense mode scores for the given item ids (x_hat / |x_hat|, the
-        residual code included), so cos(q, x) for an indexed item is q . reconstruct([id])[0]. KeyError for an id
-        that is not indexed."""
+        residual code included): an item's dense score for a unit query q is q . reconstruct([id])[0]. KeyError
+        for an id that is not indexed."""
         ids = as_id_array(ids, "ids")
         out = np.empty((len(ids), self.model.d), np.float32)
         found = np.zeros(len(ids), bool)

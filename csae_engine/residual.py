@@ -1,8 +1,8 @@
 """ResidualQuantizer: a product quantiser of what a sparse code leaves out, r = x - x_hat.
 
-The d dimensions are cut into m contiguous subspaces of sub = ceil(d / m) or one fewer (zero-padded to sub); each keeps CENTROIDS
-centroids, learnt by k-means on a sample of residuals, and a residual is stored as m bytes, its nearest centroid in
-each subspace. Dense mode adds q . r_hat to q . x_hat as sum_j T[j, r_j], from tables T[j, c] = q_j . centroid_jc
+The d dimensions are cut into m contiguous subspaces of sub = ceil(d / m) or one fewer (zero-padded to sub); each
+keeps CENTROIDS centroids, learnt by k-means on a sample of residuals, and a residual is stored as m bytes, its
+nearest centroid in each subspace. Dense mode adds q . r_hat to q . x_hat as sum_j T[j, r_j], from tables T[j, c] = q_j . centroid_jc
 made once per query (tables): m lookups per candidate (cpp/packed.h, residual_dot).
 """
 import numpy as np

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 import csae_engine as ce
-from csae_engine.residual import (CENTROIDS, DEFAULT_SPARSE_BYTES, WEIGHT_BYTES, ResidualQuantizer, encode_residuals, residual_split,
-                                  residuals_of)
+from csae_engine.residual import (CENTROIDS, DEFAULT_SPARSE_BYTES, WEIGHT_BYTES, ResidualQuantizer, encode_residuals,
+                                  residual_split, residuals_of)
 from test_engine import assert_same_topk, restricted_to
 
 
