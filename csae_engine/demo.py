@@ -77,7 +77,7 @@ def run(data=None, *, steps: int | None = None, h: int = 4096, k: int = 32, byte
         task, exact_task = task_recall(found, ds.relevant), task_recall(truth, ds.relevant)
         report.update(task_recall_at_10=task, exact_task_recall_at_10=exact_task)
         print(f"task: the labelled synset is in the top 10 for {task:.1%} of queries (exact dense search: {exact_task:.1%})")
-    pq_bytes = int(round(forward_bytes))
+    pq_bytes = bytes_per_item or int(round(forward_bytes))  # the budget ours kept within
     pq = _pq_recall(ds, truth, pq_bytes)
     if pq is not None:
         report[f"FAISS PQ, {pq_bytes} bytes"] = {"recall_at_10": pq}
