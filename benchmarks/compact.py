@@ -76,7 +76,8 @@ def main(argv=None) -> None:
                                                "dense_all@10"] + [f"rerank {c}@10" for c in a.candidates]
                                          + ["build_s"]))
     print(md)
-    write_result(f"compact_{ds.name}_h{model.h}_k{model.k}", cfg, rows, command, md)
+    tag = "" if a.support == ["encoder"] else "_" + "_".join(a.support)
+    write_result(f"compact_{ds.name}_h{model.h}_k{model.k}{tag}", cfg, rows, command, md)
 
 
 if __name__ == "__main__":

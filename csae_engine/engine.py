@@ -21,7 +21,7 @@ from .codes import SparseCodes
 from .compact import CompactCodes
 from .index.build import (WINDOW_BITS, decode_forward, forward_codes, join_postings, live_postings, make_segment,
                           merge_segments)
-from .index.items import encode_items, forward_budget, train_residual
+from .index.items import encode_items, forward_budget
 from .index.query import QueryEncoder, query_rows
 from .index.search import SearchParams, allowed_masks, search_segments
 from .index.segment import FORWARD_ARRAYS, Segment, as_id_array, check_ids
@@ -143,11 +143,13 @@ class Engine:
                                       progress=progress if n > step else False, items=n):
                 stop = min(n, start + step)
                 rows = X[start:stop] if step < n else X
-                if start == 0 and self.config["residual_m"]:
-                    self.residual = train_residual(self.model, rows, self.config, progress=progress)
-                    self.queries = QueryEncoder(self.model, self.config["index_terms"], self.residual)
-                fwd, postings = encode_items(self.model, rows, self.config, self.residual, batch_size=batch_size,
-                                             progress=progress if step >= n else False)
+                fit = start == 0 and self.config["residual_m"] > 0  # the first shard trains the residual
+                fwd, postings, residual = encode_items(self.model, rows, self.config, self.residual,
+                                                       fit_residual=fit, batch_size=batch_size,
+                                                       progress=progress if step >= n else False)
+                if fit:
+                    self.residual = residual
+                    self.queries = QueryEncoder(self.model, self.config["index_terms"], residual)
                 seg = make_segment(fwd, None if ids is None else ids[start:stop], self.config, self.num_threads,
                                    start, postings)
                 segments.append(seg if writer is None else writer.add(seg))
@@ -232,8 +234,8 @@ class Engine:
         self._require_built()
         X = self.model.check_input(X)
         ids = check_ids(ids, X.shape[0], required=True)
-        forward, postings = encode_items(self.model, X, self.config, self.residual, batch_size=batch_size,
-                                         progress=progress)
+        forward, postings, _ = encode_items(self.model, X, self.config, self.residual, batch_size=batch_size,
+                                            progress=progress)
         with self._write_lock:
             segments = [seg.without_rows(seg.rows_of(ids)[1]) for seg in self._segments]
             if self._has_delta:

@@ -2,8 +2,8 @@
 
 The d dimensions are cut into m contiguous subspaces of sub = ceil(d / m) or one fewer (zero-padded to sub); each
 keeps CENTROIDS centroids, learnt by k-means on a sample of residuals, and a residual is stored as m bytes, its
-nearest centroid in each subspace. Dense mode adds q . r_hat to q . x_hat as sum_j T[j, r_j], from tables T[j, c] = q_j . centroid_jc
-made once per query (tables): m lookups per candidate (cpp/packed.h, residual_dot).
+nearest centroid in each subspace. Dense mode adds q . r_hat to q . x_hat as sum_j T[j, r_j], from tables
+T[j, c] = q_j . centroid_jc made once per query (tables): m lookups per candidate (cpp/packed.h, residual_dot).
 """
 import numpy as np
 import torch
@@ -74,7 +74,7 @@ class ResidualQuantizer:
         rng = np.random.default_rng(seed)
         if len(R) > sample:
             R = R[np.sort(rng.choice(len(R), sample, replace=False))]
-        X = torch.from_numpy(_split(R, m))  # (m, n, sub)
+        X = torch.from_numpy(_split(R, _layout(d, m)))  # (m, n, sub)
         start = rng.permutation(len(R))[:CENTROIDS]
         C = X[:, np.resize(start, CENTROIDS)].clone()  # fewer rows than centroids: the rows, repeated
         for _ in progress_bar(range(iterations), total=iterations, desc="residual k-means", unit="iter",
@@ -95,7 +95,7 @@ class ResidualQuantizer:
         out = np.empty((len(R), self.m), np.uint8)
         C = torch.from_numpy(self.codebook)
         for s in range(0, len(R), batch_size):
-            out[s:s + batch_size] = _nearest(torch.from_numpy(_split(R[s:s + batch_size], self.m)), C).T.numpy()
+            out[s:s + batch_size] = _nearest(torch.from_numpy(_split(R[s:s + batch_size], self._dims)), C).T.numpy()
         return out
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
@@ -105,25 +105,18 @@ class ResidualQuantizer:
             raise ValueError(f"residual codes must be (n, {self.m}) uint8, got {codes.shape} {codes.dtype}")
         parts = self.codebook[np.arange(self.m), codes]  # (n, m, sub)
         out = np.zeros((len(codes), self.d + 1), np.float32)  # column d takes the padding
-        out[:, _layout(self.d, self.m).reshape(-1)] = parts.reshape(len(codes), -1)
+        out[:, self._dims.reshape(-1)] = parts.reshape(len(codes), -1)
         return out[:, :self.d]
 
     def tables(self, Q: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
         """(nq, m * CENTROIDS) float32: column j * CENTROIDS + c holds q_j . centroid_jc for each row q of Q;
         written into out (a float32 (nq, m * CENTROIDS) view, rows contiguous) when given."""
-        Q = self._check(Q, "queries")
-        padded = np.zeros((len(Q), self.d + 1), np.float32)
-        padded[:, :self.d] = Q
-        parts = torch.from_numpy(padded[:, self._dims].transpose(1, 0, 2))  # (m, nq, sub), a view
+        parts = torch.from_numpy(_split(self._check(Q, "queries"), self._dims))  # (m, nq, sub)
         T = torch.bmm(parts, self._codebook_t)  # (m, nq, CENTROIDS)
         if out is None:
             out = np.empty((len(Q), self.m * CENTROIDS), np.float32)
         out.reshape(len(Q), self.m, CENTROIDS)[:] = T.numpy().transpose(1, 0, 2)
         return out
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.codebook.nbytes)
 
     def _check(self, A, what: str) -> np.ndarray:
         A = np.asarray(A, np.float32)
@@ -144,12 +137,12 @@ def _layout(d: int, m: int) -> np.ndarray:
     return np.where(dims < stops[:, None], dims, d)
 
 
-def _split(A: np.ndarray, m: int) -> np.ndarray:
-    """(m, n, sub) float32: the rows of A (n, d) cut into m subspaces (_layout), padding zero."""
+def _split(A: np.ndarray, dims: np.ndarray) -> np.ndarray:
+    """(m, n, sub) float32: the rows of A (n, d) cut into the subspaces dims (_layout), padding zero."""
     n, d = A.shape
     padded = np.zeros((n, d + 1), np.float32)
     padded[:, :d] = A
-    return np.ascontiguousarray(padded[:, _layout(d, m)].transpose(1, 0, 2))
+    return np.ascontiguousarray(padded[:, dims].transpose(1, 0, 2))
 
 
 def _nearest(X: torch.Tensor, C: torch.Tensor) -> torch.Tensor:

@@ -119,11 +119,16 @@ def test_bad_input_is_reported_and_bugs_raise(tmp_path, capsys, monkeypatch):
                 main(encode)
 
 
+def train_from_shell(tmp_path, X, h: int) -> None:
+    """items.npy and a 5-step model m.csae (k=4) in tmp_path, made by the CLI."""
+    np.save(tmp_path / "items.npy", X)
+    assert main(["train", str(tmp_path / "items.npy"), "-o", str(tmp_path / "m.csae"), "--h", str(h), "--k", "4",
+                 "--steps", "5"]) == 0
+
+
 def test_compact_codes_from_the_shell(tmp_path):
     X = np.random.default_rng(3).standard_normal((300, 8)).astype(np.float32)
-    np.save(tmp_path / "items.npy", X)
-    assert main(["train", str(tmp_path / "items.npy"), "-o", str(tmp_path / "m.csae"), "--h", "32", "--k", "4",
-                 "--steps", "5"]) == 0
+    train_from_shell(tmp_path, X, 32)
     assert main(["encode", str(tmp_path / "m.csae"), str(tmp_path / "items.npy"), "-o", str(tmp_path / "c.npz"),
                  "--bytes-per-item", "16", "--value-bits", "6"]) == 0
     codes = ce.load_codes(tmp_path / "c.npz")
@@ -138,9 +143,7 @@ def test_compact_codes_from_the_shell(tmp_path):
 
 def test_elias_fano_codes_from_the_shell(tmp_path):
     X = np.random.default_rng(4).standard_normal((200, 8)).astype(np.float32)
-    np.save(tmp_path / "items.npy", X)
-    assert main(["train", str(tmp_path / "items.npy"), "-o", str(tmp_path / "m.csae"), "--h", "64", "--k", "4",
-                 "--steps", "5"]) == 0
+    train_from_shell(tmp_path, X, 64)
     assert main(["build", str(tmp_path / "m.csae"), str(tmp_path / "items.npy"), "-o", str(tmp_path / "index"),
                  "--bytes-per-item", "24", "--index-coding", "ef"]) == 0
     engine = ce.Engine.load(tmp_path / "index")

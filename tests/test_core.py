@@ -391,6 +391,15 @@ def plain_forward(c):
     return idx.astype(np.uint16 if c["h"] + c["has_bias"] <= 1 << 16 else np.uint32), np.ascontiguousarray(val)
 
 
+def mapped_rows(rows: np.ndarray, tmp_path) -> np.memmap:
+    """rows written to a file and mapped back: the last row ends the mapping, so a read past it would fault."""
+    path = tmp_path / "fwd_packed.bin"
+    rows.tofile(path)
+    mapped = np.memmap(path, np.uint8, "r", shape=rows.shape)
+    assert path.stat().st_size == rows.size
+    return mapped
+
+
 def packed_index(c, rows=None, window_bits=16):
     """SegmentIndex.packed of a case, its posting lists from the plain codes; and the plain SegmentIndex."""
     idx, val = plain_forward(c)
@@ -468,12 +477,8 @@ def test_packed_padding_bytes_are_ignored(index_bits, value_bits):
 def test_packed_last_entry_at_the_end_of_a_memory_map(tmp_path, k, index_bits, value_bits, has_bias, n):
     rng = np.random.default_rng(k)
     c = packed_case(rng, n, k, 1 << index_bits, index_bits, value_bits, has_bias)
-    row_bytes = c["rows"].shape[1]
     assert (k * (index_bits + value_bits)) % 8 == 0, "the last entry ends exactly at the row's last byte"
-    path = tmp_path / "fwd_packed.bin"
-    c["rows"].tofile(path)
-    rows = np.memmap(path, np.uint8, "r", shape=(n, row_bytes))
-    assert path.stat().st_size == n * row_bytes
+    rows = mapped_rows(c["rows"], tmp_path)
     packed, plain = packed_index(c, rows)
     check_packed_queries(c, packed, plain, rng, top_k=min(n, 10))
     ids, scores = packed.rerank(np.ones((1, c["h"] + has_bias), np.float32), [[n - 1]], 1)
@@ -694,13 +699,9 @@ def test_ef_padding_bytes_are_ignored(h, k, value_bits):
 def test_ef_last_value_at_the_end_of_a_memory_map(tmp_path, h, k, value_bits, has_bias, n):
     rng = np.random.default_rng(k + h)
     c = ef_case(rng, n, k, h, value_bits, has_bias)
-    row_bytes = c["rows"].shape[1]
     low = ef_low(h, k)
     assert (k * (low + 1 + value_bits) + ((h - 1) >> low) + 1) % 8 == 0, "the last value ends at the row's last byte"
-    path = tmp_path / "fwd_packed.bin"
-    c["rows"].tofile(path)
-    rows = np.memmap(path, np.uint8, "r", shape=(n, row_bytes))
-    assert path.stat().st_size == n * row_bytes
+    rows = mapped_rows(c["rows"], tmp_path)
     ef, plain = packed_index(c, rows)
     check_packed_queries(c, ef, plain, rng, top_k=min(n, 10))
     ids, scores = ef.rerank(np.ones((1, h + has_bias), np.float32), [[n - 1]], 1)

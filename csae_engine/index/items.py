@@ -3,7 +3,7 @@ budget and its residual code, or float16 codes) and the codes its posting lists 
 import numpy as np
 
 from ..compact import DEFAULT_INDEX_CODING, SCALE_BYTES, check_index_coding, compact_k, stream_bits
-from ..models.encoding import DEFAULT_VALUE_BITS, SUPPORTS, encode_compact
+from ..models.encoding import DEFAULT_VALUE_BITS, check_support, encode_compact
 
 DEFAULT_SUPPORT = "encoder"  # how Engine.build's compact codes choose their latents (README, "Compact codes")
 from ..residual import DEFAULT_TRAIN_SAMPLE, ResidualQuantizer, encode_residuals, residual_split, residuals_of
@@ -28,9 +28,7 @@ def forward_budget(model, bytes_per_item: int, residual_bytes: int | None, value
     bits = DEFAULT_VALUE_BITS if value_bits is None else value_bits
     one_entry = SCALE_BYTES + -(-stream_bits(model.h, 1, bits, coding) // 8)
     sparse_bytes, m = residual_split(bytes_per_item, model.d, residual_bytes, one_entry)
-    support = DEFAULT_SUPPORT if support is None else support
-    if support not in SUPPORTS:
-        raise ValueError(f"support must be one of {SUPPORTS}, got {support!r}")
+    support = check_support(DEFAULT_SUPPORT if support is None else support)
     return {"k": compact_k(model.h, sparse_bytes, bits, coding), "value_bits": bits, "index_coding": coding,
             "sparse_bytes": sparse_bytes, "residual_m": m, "support": support}
 
@@ -41,31 +39,31 @@ def compact_config(config: dict) -> dict:
             "support": config["support"]}
 
 
-def train_residual(model, X, config: dict, *, seed: int = 0, progress: bool | None = None) -> ResidualQuantizer:
-    """A ResidualQuantizer of config["residual_m"] bytes, trained on the residuals of the compact codes of a random
-    sample of the rows of X (at most residual.DEFAULT_TRAIN_SAMPLE)."""
+def train_residual(model, X, codes, m: int, *, seed: int = 0, progress: bool | None = None) -> ResidualQuantizer:
+    """A ResidualQuantizer of m bytes, trained on the residuals of a random sample of the rows of X (at most
+    residual.DEFAULT_TRAIN_SAMPLE) against their compact codes."""
     n = X.shape[0]
     rows = np.arange(n) if n <= DEFAULT_TRAIN_SAMPLE else np.sort(
         np.random.default_rng(seed).choice(n, DEFAULT_TRAIN_SAMPLE, replace=False))
-    sample = X[rows]
-    codes = encode_compact(model, sample, progress=False, **compact_config(config))
-    R = residuals_of(model, sample, codes, np.arange(len(rows)))
-    return ResidualQuantizer.train(R, config["residual_m"], seed=seed, progress=progress)
+    return ResidualQuantizer.train(residuals_of(model, X, codes, rows), m, seed=seed, progress=progress)
 
 
-def encode_items(model, X, config: dict, residual: ResidualQuantizer | None, *, batch_size: int = 8192,
-                 progress: bool | None = None) -> tuple[dict, tuple | None]:
-    """(forward arrays, posting lists or None) of the rows of X under config; None: the posting lists come from
-    the forward codes (config["postings"] == "forward")."""
+def encode_items(model, X, config: dict, residual: ResidualQuantizer | None, *, fit_residual: bool = False,
+                 batch_size: int = 8192, progress: bool | None = None) -> tuple:
+    """(forward arrays, posting lists or None, residual quantizer) of the rows of X under config. Posting lists
+    None: they come from the forward codes (config["postings"] == "forward"). fit_residual: first train the
+    residual quantizer on these rows' compact codes (train_residual) instead of using ``residual``."""
     if config["forward"] == "packed":
         codes = encode_compact(model, X, batch_size=batch_size, progress=progress, **compact_config(config))
     else:
         codes = model.encode(X, config["k"], batch_size=batch_size, progress=progress)
     residual_codes = None
     if config["residual_m"]:
+        if fit_residual:
+            residual = train_residual(model, X, codes, config["residual_m"], progress=progress)
         residual_codes = (residual, encode_residuals(model, X, codes, residual, progress=progress))
     forward = forward_codes(model, codes, residual_codes)
     if config["postings"] != "encoder":
-        return forward, None
+        return forward, None, residual
     post = model.encode(X, config["index_terms"], batch_size=batch_size, value_dtype=np.float32, progress=False)
-    return forward, posting_lists(post.indices, post.values, config)
+    return forward, posting_lists(post.indices, post.values, config), residual

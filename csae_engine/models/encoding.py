@@ -10,11 +10,19 @@ from ..compact import DEFAULT_INDEX_CODING, CompactCodes, check_index_coding, co
 from ..data import iter_batches
 from ..utils import positive_int, progress_bar
 
-__all__ = ["SUPPORTS", "DEFAULT_VALUE_BITS", "ValueRefit", "autocast", "encode_rows", "encode_compact", "decode_codes"]
+__all__ = ["SUPPORTS", "check_support", "DEFAULT_VALUE_BITS", "ValueRefit", "autocast", "encode_rows",
+           "encode_compact", "decode_codes"]
 
 REFIT_BATCH_BYTES = 1 << 28  # a refit batch's float64 Gram blocks stay near this size (k=170: 1,161 rows)
 SUPPORTS = ("encoder", "pursuit")  # how compact codes choose their latents
 DEFAULT_VALUE_BITS = 5  # compact codes: 4 and 5 tie at 64 B, 5 wins at 128 B (benchmarks/results/compact_*)
+
+
+def check_support(support) -> str:
+    """support, one of SUPPORTS; ValueError otherwise."""
+    if support not in SUPPORTS:
+        raise ValueError(f"support must be one of {SUPPORTS}, got {support!r}")
+    return support
 
 
 def autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -140,9 +148,7 @@ def encode_compact(model, X, bytes_per_item: int | None = None, *, k: int | None
     """CompactCodes of the rows of X: k entries, or the most that fit bytes_per_item bytes per item
     (compact.compact_k, which depends on index_coding); values refitted by least squares (refit=True), then
     quantised to value_bits bits. support: "encoder" (its top k) or "pursuit" (ValueRefit.pursuit)."""
-    if support not in SUPPORTS:
-        raise ValueError(f"support must be one of {SUPPORTS}, got {support!r}")
-    if support == "pursuit" and not refit:
+    if check_support(support) == "pursuit" and not refit:
         raise ValueError("support='pursuit' refits the values: it needs refit=True")
     if (k is None) == (bytes_per_item is None):
         raise ValueError("give k or bytes_per_item (which sets k), not both")
