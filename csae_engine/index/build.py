@@ -198,12 +198,12 @@ def decode_forward(model, forward: dict, config: dict, residual=None, batch_size
         rows = slice(s, s + batch_size)
         if "fwd_packed" in forward:
             packed = np.asarray(forward["fwd_packed"][rows])
-            head = np.ascontiguousarray(packed[:, :2 * SCALE_BYTES]).view(np.float16).astype(np.float32)
+            half = lambda at: packed[:, at:at + 2].copy().view(np.float16)[:, 0].astype(np.float32)  # noqa: E731
             idx, q = unpack_stream(packed[:, header_bytes(config):], config["h"], config["k"], config["value_bits"],
                                    config["index_coding"])
-            vals = q.astype(np.float32) * head[:, :1]
+            vals = q.astype(np.float32) * half(0)[:, None]
             weighted = config["forward_bias"] or config["residual_m"]
-            weight = head[:, 1] if weighted else np.zeros(len(packed), np.float32)
+            weight = half(SCALE_BYTES) if weighted else np.zeros(len(packed), np.float32)
             idx, vals = np.hstack([idx, np.full((len(idx), 1), config["h"])]), np.hstack([vals, weight[:, None]])
         else:  # plain: a decoder bias is already the extra column h
             idx = np.asarray(forward["fwd_indices"][rows]).astype(np.int64)
