@@ -311,7 +311,7 @@ class TopKSAE(torch.nn.Module, abc.ABC):
             them strongest first).
         support : {"encoder", "pursuit"}, optional
             How CompactCodes choose their latents: the encoder's top k (default), or orthogonal matching pursuit
-            over the decoder (ValueRefit.pursuit: a better reconstruction, several times the encoding time).
+            over the decoder (ValueRefit.pursuit: a better reconstruction, k decoder products per item).
         refit : bool, optional
             Replace the encoder's values by the least-squares values on the same latents (ValueRefit: never a
             worse reconstruction; signed models only). Default: on for CompactCodes, off for SparseCodes.
