@@ -17,17 +17,21 @@ SHARED_WORDNET = datasets.shared_dataset()
 
 
 def perturbed(base: np.ndarray, n: int, out: Path, noise: float = 0.05, seed: int = 0, chunk: int = 65536) -> Path:
-    """Write an (n, d) float16 .npy of real rows plus Gaussian noise, renormalised; chunked, so n may exceed RAM."""
+    """Write an (n, d) float16 .npy of real rows plus Gaussian noise (of norm about `noise`), renormalised; chunked,
+    so n may exceed RAM. The row of base each item copies goes to out's name with .bases.npy for .npy."""
     rng = np.random.default_rng(seed)
     d = base.shape[1]
     out.parent.mkdir(parents=True, exist_ok=True)
     X = np.lib.format.open_memmap(out, mode="w+", dtype=np.float16, shape=(n, d))
+    bases = np.empty(n, np.int64)
     for start in range(0, n, chunk):
-        rows = rng.integers(0, len(base), min(chunk, n - start))
-        x = np.asarray(base[np.sort(rows)], np.float32) + rng.standard_normal((len(rows), d), np.float32) * noise / np.sqrt(d)
+        rows = np.sort(rng.integers(0, len(base), min(chunk, n - start)))
+        x = np.asarray(base[rows], np.float32) + rng.standard_normal((len(rows), d), np.float32) * noise / np.sqrt(d)
         X[start:start + len(rows)] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        bases[start:start + len(rows)] = rows
     X.flush()
     del X
+    np.save(out.with_name(out.name.removesuffix(".npy") + ".bases.npy"), bases)
     return out
 
 

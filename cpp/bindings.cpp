@@ -8,12 +8,14 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
 #include <variant>
 #include <vector>
 
+#include "clusters.h"
 #include "ef.h"
 #include "half.h"
 #include "index.h"
@@ -532,6 +534,130 @@ py::tuple scan_query(const Forward& fa, size_t index_bound, const FloatArray& P,
     return out.tuple();
 }
 
+// ---- clusters ----
+
+// A clustered segment's routing arrays (clusters.h), checked once, and the layout derived from its postings.
+struct ClusterArrays {
+    py::array cluster_rows, centroid_offsets, centroid_clusters, centroid_weights;
+    csae::CentroidLists lists;
+    csae::ClusterLayout layout;
+    std::vector<int64_t> sizes;  // items per cluster
+
+    ClusterArrays(const PostingArrays& pa, py::array rows_in, py::array offsets_in, py::array clusters_in,
+                  py::array weights_in, int num_threads)
+        : cluster_rows(std::move(rows_in)), centroid_offsets(std::move(offsets_in)),
+          centroid_clusters(std::move(clusters_in)), centroid_weights(std::move(weights_in)) {
+        require_1d(cluster_rows, "cluster_rows");
+        const int64_t* rows = exact<int64_t>(cluster_rows, "cluster_rows");
+        if (cluster_rows.shape(0) < 2) throw std::invalid_argument("cluster_rows needs at least 2 entries (1 cluster)");
+        const size_t C = cluster_rows.shape(0) - 1;
+        if (rows[0] != 0 || rows[C] != static_cast<int64_t>(pa.n))
+            throw std::invalid_argument("cluster_rows must run from 0 to n = " + std::to_string(pa.n) + ", got " +
+                                        std::to_string(rows[0]) + " to " + std::to_string(rows[C]));
+        sizes.resize(C);
+        for (size_t c = 0; c < C; ++c) {
+            if (rows[c + 1] < rows[c])
+                throw std::invalid_argument("cluster_rows must be non-decreasing (cluster " + std::to_string(c) + ")");
+            sizes[c] = rows[c + 1] - rows[c];
+        }
+        require_1d(centroid_offsets, "centroid_offsets");
+        require_1d(centroid_clusters, "centroid_clusters");
+        require_1d(centroid_weights, "centroid_weights");
+        const int64_t* off = exact<int64_t>(centroid_offsets, "centroid_offsets");
+        const uint32_t* cl = exact<uint32_t>(centroid_clusters, "centroid_clusters");
+        const float* wt = exact<float>(centroid_weights, "centroid_weights");
+        if (static_cast<size_t>(centroid_offsets.shape(0)) != pa.h + 1)
+            throw std::invalid_argument("centroid_offsets must have h + 1 = " + std::to_string(pa.h + 1) + " entries");
+        const int64_t total = centroid_clusters.shape(0);
+        if (centroid_weights.shape(0) != total || off[0] != 0 || off[pa.h] != total)
+            throw std::invalid_argument("centroid lists disagree: offsets must run from 0 to the " +
+                                        std::to_string(total) + " entries of centroid_clusters and centroid_weights");
+        for (size_t l = 0; l < pa.h; ++l)
+            if (off[l + 1] < off[l]) throw std::invalid_argument("centroid_offsets must be non-decreasing");
+        for (int64_t p = 0; p < total; ++p) {
+            if (cl[p] >= C)
+                throw std::invalid_argument("centroid_clusters[" + std::to_string(p) + "] = " + std::to_string(cl[p]) +
+                                            " out of range for " + std::to_string(C) + " clusters");
+            if (!std::isfinite(wt[p]))
+                throw std::invalid_argument("centroid_weights[" + std::to_string(p) + "] is not finite");
+        }
+        lists = csae::CentroidLists{pa.h, C, off, cl, wt};
+        py::gil_scoped_release release;
+        pa.with_view(nullptr, [&](const auto& ix) { layout = csae::make_layout(ix, rows, C, num_threads); });
+    }
+
+    // Per cluster, its items that may be returned.
+    std::vector<int64_t> counts(const uint8_t* allowed) const {
+        if (!allowed) return sizes;
+        const int64_t* rows = static_cast<const int64_t*>(cluster_rows.data());
+        std::vector<int64_t> out(sizes.size(), 0);
+        for (size_t c = 0; c < sizes.size(); ++c)
+            for (int64_t r = rows[c]; r < rows[c + 1]; ++r) out[c] += allowed[r] != 0;
+        return out;
+    }
+};
+
+// Approximate sparse search over clusters: each query visits clusters until max(ceil(probe * allowed items),
+// min_items) items are covered.
+py::tuple probe_query(const PostingArrays& pa, const ClusterArrays& ca, const Int64Array& q_lat,
+                      const FloatArray& q_val, int64_t top_k, int num_threads, const py::object& allowed_in,
+                      double probe, int64_t min_items) {
+    require_2d(q_lat, "query indices");
+    require_2d(q_val, "query values");
+    if (q_lat.shape(0) != q_val.shape(0) || q_lat.shape(1) != q_val.shape(1))
+        throw std::invalid_argument("query indices and values must have the same shape");
+    const size_t nq = q_lat.shape(0), q_len = q_lat.shape(1);
+    Results out(nq, top_k);
+    const uint8_t* allowed = allowed_mask(allowed_in, pa.n);
+    const int64_t* ql = q_lat.data();
+    const float* qv = q_val.data();
+    int64_t* oi = out.ids.mutable_data();
+    float* os = out.scores.mutable_data();
+    {
+        py::gil_scoped_release release;
+        const std::vector<int64_t> counts = ca.counts(allowed);
+        int64_t total = 0;
+        for (int64_t c : counts) total += c;
+        const int64_t budget = std::max<int64_t>(static_cast<int64_t>(std::ceil(probe * static_cast<double>(total))),
+                                                 min_items);
+        pa.with_view(allowed, [&](const auto& ix) {
+            csae::probe_search(ix, ca.layout, ca.lists, counts.data(), budget, ql, qv, nq, q_len, top_k, oi, os,
+                               num_threads);
+        });
+    }
+    return out.tuple();
+}
+
+py::array_t<int32_t> assign_clusters(const py::array& indices_in, const FloatArray& values, const py::array& offsets_in,
+                                     const py::array& clusters_in, const py::array& weights_in, int64_t n_clusters,
+                                     int num_threads) {
+    require_2d(indices_in, "indices");
+    require_2d(values, "values");
+    auto indices = py::array_t<uint32_t, py::array::c_style | py::array::forcecast>::ensure(indices_in);
+    if (indices.shape(0) != values.shape(0) || indices.shape(1) != values.shape(1))
+        throw std::invalid_argument("indices and values must have the same shape");
+    const int64_t* off = exact<int64_t>(offsets_in, "centroid_offsets");
+    const uint32_t* cl = exact<uint32_t>(clusters_in, "centroid_clusters");
+    const float* wt = exact<float>(weights_in, "centroid_weights");
+    if (n_clusters <= 0) throw std::invalid_argument("n_clusters must be positive");
+    const size_t h = offsets_in.shape(0) - 1, n = indices.shape(0), k = indices.shape(1);
+    if (off[h] != clusters_in.shape(0) || weights_in.shape(0) != clusters_in.shape(0))
+        throw std::invalid_argument("centroid lists disagree with centroid_offsets");
+    for (int64_t p = 0; p < clusters_in.shape(0); ++p)
+        if (cl[p] >= static_cast<uint64_t>(n_clusters))
+            throw std::invalid_argument("centroid_clusters has an entry >= n_clusters");
+    for (size_t i = 0; i < n * k; ++i)
+        if (indices.data()[i] >= h) throw std::invalid_argument("code index out of range for h=" + std::to_string(h));
+    py::array_t<int32_t> out(n);
+    const csae::CentroidLists lists{h, static_cast<size_t>(n_clusters), off, cl, wt};
+    int32_t* o = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        csae::assign_clusters(lists, indices.data(), values.data(), n, k, o, num_threads);
+    }
+    return out;
+}
+
 // ---- SegmentIndex ----
 
 // One index segment: its windowed postings and forward codes, checked once, then searched, reranked, scanned and
@@ -571,8 +697,30 @@ class SegmentIndex {
     }
 
     py::tuple search(const Int64Array& q_lat, const FloatArray& q_val, int64_t top_k, int num_threads,
-                     const py::object& allowed) const {
-        return sparse_query(postings_, q_lat, q_val, top_k, num_threads, allowed);
+                     const py::object& allowed, double probe, int64_t min_items) const {
+        if (!(probe > 0.0 && probe <= 1.0))
+            throw std::invalid_argument("probe must be in (0, 1], got " + std::to_string(probe));
+        if (probe == 1.0) return sparse_query(postings_, q_lat, q_val, top_k, num_threads, allowed);
+        if (!clusters_) throw std::invalid_argument("probe < 1 needs a clustered segment (with_clusters)");
+        return probe_query(postings_, *clusters_, q_lat, q_val, top_k, num_threads, allowed, probe, min_items);
+    }
+
+    // This segment with routing arrays: its rows are numbered cluster by cluster (clusters.h).
+    SegmentIndex with_clusters(py::array cluster_rows, py::array centroid_offsets, py::array centroid_clusters,
+                               py::array centroid_weights, int num_threads) const {
+        SegmentIndex out(*this);
+        out.clusters_ = std::make_shared<const ClusterArrays>(postings_, std::move(cluster_rows),
+                                                              std::move(centroid_offsets), std::move(centroid_clusters),
+                                                              std::move(centroid_weights), num_threads);
+        return out;
+    }
+
+    size_t n_clusters() const { return clusters_ ? clusters_->lists.n_clusters : 0; }
+    // Memory the cluster layout derives on load (not stored in the index files): piece rows and run starts.
+    size_t layout_bytes() const {
+        if (!clusters_) return 0;
+        const auto& l = clusters_->layout;
+        return l.piece_starts.size() * sizeof(uint16_t) + (l.piece_rows.size() + l.first_piece.size()) * sizeof(int64_t);
     }
 
     py::tuple rerank(const FloatArray& P, const Int64Array& candidates, int64_t top_k, int num_threads) const {
@@ -640,6 +788,7 @@ class SegmentIndex {
 
     PostingArrays postings_;
     ForwardStore forward_;
+    std::shared_ptr<const ClusterArrays> clusters_;  // null: not clustered
     size_t forward_bound_ = 0;  // the columns projections need: the largest forward index + 1, or h + has_bias
 };
 
@@ -656,6 +805,11 @@ PYBIND11_MODULE(_core, m) {
           "The windowed inverted index of (n, k) codes: (offsets (n_windows*h+1,) int64, local ids uint16, values).\n"
           "keep: None or an (n, k) mask of entries to index.");
 
+    m.def("assign_clusters", &assign_clusters, py::arg("indices"), py::arg("values"), py::arg("centroid_offsets"),
+          py::arg("centroid_clusters"), py::arg("centroid_weights"), py::arg("n_clusters"), py::arg("num_threads") = -1,
+          "Each code's best cluster: argmax_c sum_j values[i, j] * centroid_c[indices[i, j]] (ties: the smaller c),\n"
+          "(n,) int32. indices (n, k) uint32 < h, values (n, k) float32; the centroid lists as for\n"
+          "SegmentIndex.with_clusters, h = len(centroid_offsets) - 1.");
     py::class_<SegmentIndex>(m, "SegmentIndex", R"doc(
 One index segment: windowed posting lists and forward codes, checked once, then queried.
 
@@ -729,8 +883,10 @@ ValueError
     k set bits, or latents that do not strictly increase (the row and entry).
 )doc")
         .def("search", &SegmentIndex::search, py::arg("query_indices"), py::arg("query_values"), py::arg("top_k"),
-             py::arg("num_threads") = -1, py::arg("allowed") = py::none(), R"doc(
-Exact top-k rows by the dot product of sparse queries with the posting lists.
+             py::arg("num_threads") = -1, py::arg("allowed") = py::none(), py::arg("probe") = 1.0,
+             py::arg("min_items") = 0, R"doc(
+Top-k rows by the dot product of sparse queries with the posting lists: exact with probe=1, else over the
+clusters each query routes to (with_clusters) until max(ceil(probe * allowed rows), min_items) rows are covered.
 
 Parameters
 ----------
@@ -742,6 +898,10 @@ top_k : int
 num_threads : int, default -1 (all cores)
 allowed : None or (n,) uint8/bool
     Rows that may be returned (non-zero).
+probe : float in (0, 1], default 1
+    Share of the allowed rows to visit; 1 scores every row (exact).
+min_items : int, default 0
+    Rows to visit at least (probe < 1).
 
 Returns
 -------
@@ -793,6 +953,31 @@ rows : (m,) int32
 latents : (m,) int32
 values : (m,) float32
 )doc")
+        .def("with_clusters", &SegmentIndex::with_clusters, py::arg("cluster_rows"), py::arg("centroid_offsets"),
+             py::arg("centroid_clusters"), py::arg("centroid_weights"), py::arg("num_threads") = -1, R"doc(
+This segment (sharing its arrays) with the routing arrays of approximate search (search with probe < 1).
+
+Parameters
+----------
+cluster_rows : (C + 1,) int64
+    Cluster c is rows [cluster_rows[c], cluster_rows[c + 1]): non-decreasing from 0 to n.
+centroid_offsets : (h + 1,) int64
+    The sparse centroids, latent-major: latent l's entries are [centroid_offsets[l], centroid_offsets[l + 1]).
+centroid_clusters : (e,) uint32
+    Each entry's cluster, < C.
+centroid_weights : (e,) float32
+    Each entry's centroid value, finite.
+num_threads : int, default -1
+
+Raises
+------
+ValueError
+    Naming the array and the problem.
+)doc")
+        .def_property_readonly("n_clusters", &SegmentIndex::n_clusters, "Clusters of with_clusters; 0 for none.")
+        .def_property_readonly("layout_bytes", &SegmentIndex::layout_bytes,
+                               "Bytes the cluster layout derives from the postings on load (h x pieces uint16 run "
+                               "starts); 0 when not clustered.")
         .def_property_readonly("n", &SegmentIndex::n, "Rows in the segment.")
         .def_property_readonly("h", &SegmentIndex::h, "Latents.")
         .def_property_readonly("window_bits", &SegmentIndex::window_bits, "Windows hold 2 ** window_bits rows.")

@@ -13,6 +13,13 @@ def build_postings(indices: NDArray[np.uint8 | np.uint16 | np.uint32], values: N
                    h: int, num_threads: int = -1) -> tuple[NDArray[np.int64], NDArray[np.uint32], NDArray]:
     """Inverted lists of (n, k) codes: (offsets (h+1,) int64, item ids (n*k,) uint32, values (n*k,) in their dtype)."""
 
+def assign_clusters(indices: NDArray[np.integer], values: ArrayLike, centroid_offsets: NDArray[np.int64],
+                    centroid_clusters: NDArray[np.uint32], centroid_weights: NDArray[np.float32], n_clusters: int,
+                    num_threads: int = -1) -> NDArray[np.int32]:
+    """Each code's best cluster, argmax_c sum_j values[i, j] * centroid_c[indices[i, j]] (ties: the smaller c);
+    the centroid lists as for SegmentIndex.with_clusters, h = len(centroid_offsets) - 1."""
+
+
 def build_windowed(indices: NDArray[np.integer], values: NDArray[np.float16 | np.float32],
                    keep: ArrayLike | None, h: int, window_bits: int = 16,
                    num_threads: int = -1) -> tuple[NDArray[np.int64], NDArray[np.uint16], NDArray]:
@@ -97,8 +104,11 @@ class SegmentIndex:
         """
 
     def search(self, query_indices: ArrayLike, query_values: ArrayLike, top_k: int, num_threads: int = -1,
-               allowed: NDArray[np.uint8 | np.bool_] | None = None) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
-        """Exact top-k rows by the dot product of sparse queries with the posting lists.
+               allowed: NDArray[np.uint8 | np.bool_] | None = None, probe: float = 1.0,
+               min_items: int = 0) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+        """Top-k rows by the dot product of sparse queries with the posting lists: exact with probe=1, else over the
+        clusters each query routes to (with_clusters) until max(ceil(probe * allowed rows), min_items) rows are
+        covered.
 
         Parameters
         ----------
@@ -110,6 +120,10 @@ class SegmentIndex:
         num_threads : int, default -1 (all cores)
         allowed : None or (n,) uint8/bool
             Rows that may be returned (non-zero).
+        probe : float in (0, 1], default 1
+            Share of the allowed rows to visit; 1 scores every row (exact).
+        min_items : int, default 0
+            Rows to visit at least (probe < 1).
 
         Returns
         -------
@@ -118,6 +132,22 @@ class SegmentIndex:
         scores : (nq, top_k) float32
             -inf where ids is -1. Ties go to the smaller row.
         """
+
+    def with_clusters(self, cluster_rows: NDArray[np.int64], centroid_offsets: NDArray[np.int64],
+                      centroid_clusters: NDArray[np.uint32], centroid_weights: NDArray[np.float32],
+                      num_threads: int = -1) -> SegmentIndex:
+        """This segment (sharing its arrays) with the routing arrays of approximate search (search with probe < 1):
+        cluster c is rows [cluster_rows[c], cluster_rows[c + 1]) (non-decreasing from 0 to n); the sparse centroids
+        latent-major, latent l's entries [centroid_offsets[l], centroid_offsets[l + 1]) of (cluster < C, finite
+        weight). ValueError naming the array and the problem."""
+
+    @property
+    def n_clusters(self) -> int:
+        """Clusters of with_clusters; 0 for none."""
+    @property
+    def layout_bytes(self) -> int:
+        """Bytes the cluster layout derives from the postings on load (h x pieces uint16 run starts); 0 when not
+        clustered."""
 
     def rerank(self, projections: ArrayLike, candidates: ArrayLike, top_k: int,
                num_threads: int = -1) -> tuple[NDArray[np.int64], NDArray[np.float32]]:

@@ -70,7 +70,7 @@ def _build(a) -> None:
                                                         residual_bytes=a.residual_bytes,
                                                         value_bits=a.value_bits, index_coding=a.index_coding,
                                                         support=a.support,
-                                                        index_terms=a.index_terms,
+                                                        index_terms=a.index_terms, cluster_size=a.cluster_size,
                                                         prune=a.prune, shard_size=a.shard_size, directory=a.output,
                                                         progress=True)
     cfg = engine.config
@@ -88,7 +88,7 @@ def _search(a) -> None:
     candidates = a.candidates if a.candidates in (None, "all") else int(a.candidates)
     t = time.perf_counter()
     ids, scores = engine.search(a.queries, top_k=a.top_k, mode=a.mode, candidates=candidates,
-                                query_terms=a.query_terms)
+                                query_terms=a.query_terms, probe=a.probe)
     seconds = time.perf_counter() - t
     np.savez(a.output, ids=ids, scores=scores)
     print(f"searched {len(ids)} queries ({a.mode}) in {seconds:.3f} s, {len(ids) / seconds:.0f} queries/s; "
@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the budget less max(22, budget / 4) bytes for the sparse code, at most d)")
     b.add_argument("--index-terms", type=int, default=None,
                    help="entries of each code in the posting lists (default: the model's k)")
+    b.add_argument("--cluster-size", type=int, default=None,
+                   help="cluster each shard into groups of about this many items, for search --probe")
     b.add_argument("--prune", type=float, default=None, help="keep this share of each posting list (approximate)")
     b.add_argument("--shard-size", type=int, default=None,
                    help="items per shard, each encoded and written on its own (default 4,194,304)")
@@ -241,6 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mode", choices=["sparse", "dense"], default="sparse")
     s.add_argument("--candidates", default=None, help="dense mode: sparse candidates per query, or 'all'")
     s.add_argument("--query-terms", type=int, default=None, help="sparse mode: use only the strongest terms")
+    s.add_argument("--probe", type=float, default=None,
+                   help="visit only the best clusters, this share of the items (index built with --cluster-size)")
     s.add_argument("--threads", type=int, default=-1)
     s.add_argument("--no-verify", action="store_true", help="skip the checksums when opening the index")
     s.add_argument("--milvus-uri", default=None,

@@ -3,14 +3,13 @@
     engine = Engine(model).build(X, ids=ids)
     ids, scores = engine.search(Q, top_k=10, mode="sparse" | "dense")
 
-Sparse mode scores cos(code(q), code(x)) exactly through the windowed inverted index (cpp/index.h).
-Dense mode takes sparse candidates (or every item) and scores cos(q, x_hat) as sum_j v_j p[i_j] / |x_hat|
-with p = W_dec q computed once per query (cpp/rerank.h): O(k) per candidate, nothing reconstructed.
+Sparse mode scores cos(code(q), code(x)) through the windowed inverted index (cpp/index.h): exactly, or over the
+best clusters (probe < 1, cpp/clusters.h). Dense mode takes sparse candidates (or every item) and scores
+cos(q, x_hat) as sum_j v_j p[i_j] / |x_hat| with p = W_dec q once per query (cpp/rerank.h): O(k) per candidate.
 
 The index is a tuple of immutable segments (index/segment.py): the shards of the main index, then at most one delta
 segment that takes added items. Deletes are tombstones (a per-segment live mask) applied inside the scorer;
 compact() rebuilds. A search reads one snapshot of the tuple, so updates never show it a half-written state.
-This class orchestrates; building, searching and storage live in csae_engine/index/.
 """
 import threading
 from pathlib import Path
@@ -73,7 +72,7 @@ class Engine:
 
     def build(self, X, ids=None, *, bytes_per_item: int | None = None, residual_bytes: int | None = None,
               value_bits: int | None = None, index_coding: str | None = None, support: str | None = None,
-              index_terms: int | None = None,
+              index_terms: int | None = None, cluster_size: int | None = None,
               batch_size: int = 8192, prune: float | None = None, shard_size: int | None = None, directory=None,
               progress: bool | None = None) -> "Engine":
         """Encode the rows of X and index them.
@@ -101,6 +100,8 @@ class Engine:
         index_terms : int, optional
             The strongest entries of each code that the posting lists hold (sparse mode and the candidates of
             dense mode); default: the model's k, at most the code's entries.
+        cluster_size : int, optional
+            Cluster each shard into groups of about this many items (index/clusters.py) for search(probe=...).
         prune : float, optional
             Keep only this share (0 < prune <= 1) of each posting list, its largest |values| (approximate).
         shard_size : int, optional
@@ -123,18 +124,11 @@ class Engine:
             shard_size = positive_int(shard_size, "shard_size")
         if bytes_per_item is None and self.model.signed:
             bytes_per_item = DEFAULT_BYTES_PER_ITEM
-        if bytes_per_item is None:
-            if residual_bytes or value_bits is not None or index_coding is not None or support is not None:
-                raise ValueError("residual_bytes, value_bits, index_coding and support apply to compact codes: "
-                                 "give bytes_per_item too")
-            forward = {"k": self.model.k, "value_bits": None, "index_coding": None, "residual_m": 0,
-                       "support": None}
-        else:
-            forward = forward_budget(self.model, bytes_per_item, residual_bytes, value_bits, index_coding, support)
+        forward = forward_budget(self.model, bytes_per_item, residual_bytes, value_bits, index_coding, support)
         compact = bytes_per_item is not None
         self._set_config(forward["k"], compact, forward["value_bits"], forward["index_coding"], np.float16, prune,
                          shard_size, index_terms, forward["residual_m"], "encoder" if compact else "forward",
-                         forward["support"])
+                         forward["support"], cluster_size)
         step = n if shard_size is None else shard_size
         writer = None if directory is None else IndexWriter(Path(directory), self.config)
         segments = []
@@ -151,7 +145,7 @@ class Engine:
                     self.residual = residual
                     self.queries = QueryEncoder(self.model, self.config["index_terms"], residual)
                 seg = make_segment(fwd, None if ids is None else ids[start:stop], self.config, self.num_threads,
-                                   start, postings)
+                                   start, postings, cluster=True)
                 segments.append(seg if writer is None else writer.add(seg))
             if writer is not None:
                 writer.commit(self.model, model_hash(self.model), segments, residual=self.residual)
@@ -187,11 +181,13 @@ class Engine:
         return self
 
     def _set_config(self, k, packed, value_bits, index_coding, value_dtype, prune, shard_size, index_terms,
-                    residual_m, postings, support) -> None:
+                    residual_m, postings, support, cluster_size=None) -> None:
         """The index's config (see csae_engine/index/storage.py). postings: "forward" (the strongest index_terms
         entries of the forward codes) or "encoder" (the encoder's codes of index_terms entries)."""
         if prune is not None and not 0 < prune <= 1:
             raise ValueError(f"prune must be in (0, 1], got {prune}")
+        if cluster_size is not None:
+            positive_int(cluster_size, "cluster_size")
         most = k if postings == "forward" else self.model.h
         if index_terms is None:  # encoder postings: the model's k, whatever the forward code holds
             index_terms = min(self.model.k, most) if packed else k
@@ -202,7 +198,7 @@ class Engine:
                        "forward": "packed" if packed else "plain", "index_terms": index_terms,
                        "value_bits": value_bits, "index_coding": index_coding,
                        "forward_bias": self.model.decoder_bias is not None, "residual_m": residual_m,
-                       "postings": postings, "support": support}
+                       "postings": postings, "support": support, "cluster_size": cluster_size}
         self.residual = None
         self.queries = QueryEncoder(self.model, index_terms)
 
@@ -292,7 +288,8 @@ class Engine:
 
     # searching
     def search(self, Q, top_k: int = 10, mode: str = "sparse", *, candidates=None, query_terms: int | None = None,
-               allow_ids=None, num_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+               probe: float | None = None, allow_ids=None,
+               num_threads: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The top_k items for each query row of Q (nq, d).
 
         Parameters
@@ -305,6 +302,9 @@ class Engine:
             (default max(1000, 10 * top_k)) or over every item with candidates="all".
         query_terms : int, optional
             Use only the strongest terms of each query code in sparse mode (approximate, faster).
+        probe : float in (0, 1], optional
+            Approximate (needs build(cluster_size=...)): the sparse stage visits the best clusters until this share
+            of the allowed items, and at least top_k or candidates, is covered; default 1, every item.
         allow_ids : array of ids, or bool mask over ids (mask[id]), optional
             A filter applied inside the scorer, so a query gets top_k results whenever top_k items pass it.
         num_threads : int, optional
@@ -317,8 +317,8 @@ class Engine:
             Best first; when fewer than top_k items pass the filter, padded with id -1 and score -inf.
         """
         segments = self._require_built()  # one snapshot for the whole search
-        params = SearchParams(top_k, mode, candidates, query_terms)
-        params.check(sum(seg.n_live for seg in segments), self.config["index_terms"])
+        params = SearchParams(top_k, mode, candidates, query_terms, probe)
+        params.check(sum(seg.n_live for seg in segments), self.config["index_terms"], self.config["cluster_size"])
         Q = query_rows(self.model, Q)
         masks = allowed_masks(segments, allow_ids)
         threads = self.num_threads if num_threads is None else num_threads

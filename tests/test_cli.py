@@ -56,6 +56,22 @@ def test_build_then_search_from_the_shell(tmp_path, capsys):
     assert "exceeds the 400 indexed items" in capsys.readouterr().err
 
 
+def test_clustered_build_and_probe_search_from_the_shell(tmp_path):
+    rng = np.random.default_rng(2)
+    X, Q = unit(rng, 300, 16), unit(rng, 5, 16)
+    np.save(tmp_path / "items.npy", X)
+    np.save(tmp_path / "queries.npy", Q)
+    model = ce.CompresSAE(d=16, h=96, k=4)
+    model.save(tmp_path / "m.csae")
+    assert main(["build", str(tmp_path / "m.csae"), str(tmp_path / "items.npy"), "-o", str(tmp_path / "index"),
+                 "--cluster-size", "20"]) == 0
+    assert main(["search", str(tmp_path / "index"), str(tmp_path / "queries.npy"), "--probe", "0.3",
+                 "-o", str(tmp_path / "r.npz")]) == 0
+    with np.load(tmp_path / "r.npz") as r:
+        expected = ce.Engine(model).build(X, cluster_size=20).search(Q, 10, probe=0.3)
+        np.testing.assert_array_equal(r["ids"], expected[0])
+
+
 def test_cli_trains_csr_with_pairs_and_encodes_uint8(tmp_path, capsys):
     rng = np.random.default_rng(0)
     X = unit(rng, 300, 12, np.float16)

@@ -12,6 +12,7 @@ import torch
 from .. import _core
 from ..codes import index_dtype
 from ..compact import SCALE_BYTES, CompactCodes, index_bits, strongest_first, unpack_entries, unpack_stream
+from .clusters import cluster_codes, clusters_for
 from .segment import FORWARD_ARRAYS, Segment, header_bytes
 
 __all__ = ["WINDOW_BITS", "forward_codes", "posting_codes", "posting_lists", "reconstruction_norms", "make_segment",
@@ -111,22 +112,42 @@ def posting_lists(indices: np.ndarray, values: np.ndarray, config: dict) -> tupl
 
 
 def make_segment(forward: dict, ids: np.ndarray | None, config: dict, num_threads: int = -1,
-                 first_id: int = 0, postings: tuple | None = None) -> Segment:
+                 first_id: int = 0, postings: tuple | None = None, cluster: bool = False) -> Segment:
     """A segment from forward arrays (forward_codes); config gives h, index_terms, value_dtype, prune,
-    window_bits and the forward format. postings: (indices, values, keep) ready for the lists (posting_lists,
-    live_postings); default: from the forward codes."""
+    window_bits, cluster_size and the forward format. postings: (indices, values, keep) ready for the lists
+    (posting_lists, live_postings); default: from the forward codes. cluster: with config["cluster_size"], number
+    the rows cluster by cluster (index/clusters.py) for approximate search."""
     h, value_dtype = config["h"], np.dtype(config["value_dtype"])
     if "fwd_values" in forward:
         forward = dict(forward, fwd_values=np.ascontiguousarray(forward["fwd_values"], dtype=value_dtype))
     if postings is None:
         postings = posting_lists(*posting_codes(forward, config), config)
+    extra = {}
+    if cluster and config["cluster_size"]:
+        forward, ids, postings, extra = _clustered(forward, ids, postings, config, first_id, num_threads)
     indices, post, keep = postings
     offsets, local_ids, post_values = _core.build_windowed(indices, post, keep, h, config["window_bits"], num_threads)
     arrays = {"offsets": offsets, "local_ids": local_ids, "post_values": post_values,
-              **{name: np.ascontiguousarray(arr) for name, arr in forward.items()}}
+              **{name: np.ascontiguousarray(arr) for name, arr in forward.items()}, **extra}
     if ids is not None:
         arrays["ids"] = np.ascontiguousarray(ids, dtype=np.int64)
     return Segment(arrays, config, first_id)
+
+
+def _clustered(forward: dict, ids, postings: tuple, config: dict, first_id: int, num_threads: int) -> tuple:
+    """forward, ids and postings with their rows in cluster order, and the segment's cluster arrays."""
+    indices, post, keep = postings
+    n = len(indices)
+    values = post.astype(np.float32) if keep is None else np.where(keep != 0, post.astype(np.float32), 0)
+    clusters = cluster_codes(indices, values, config["h"], clusters_for(n, config["cluster_size"]),
+                             num_threads=num_threads)
+    order = clusters.order
+    ids = first_id + order if ids is None else np.asarray(ids)[order]
+    postings = (indices[order], post[order], None if keep is None else keep[order])
+    forward = {name: np.asarray(arr)[order] for name, arr in forward.items()}
+    offsets, lists_clusters, weights = clusters.lists
+    return forward, ids, postings, {"cluster_rows": clusters.cluster_rows, "centroid_offsets": offsets,
+                                    "centroid_clusters": lists_clusters, "centroid_weights": weights}
 
 
 def merge_segments(parts: list, config: dict, num_threads: int = -1) -> Segment:
@@ -139,7 +160,7 @@ def merge_segments(parts: list, config: dict, num_threads: int = -1) -> Segment:
     postings = None
     if config["postings"] == "encoder":
         postings = join_postings([live_postings(seg, r, config) for seg, r in zip(parts, rows)])
-    return make_segment(forward, ids, config, num_threads, postings=postings)
+    return make_segment(forward, ids, config, num_threads, postings=postings, cluster=True)
 
 
 def live_postings(seg: Segment, rows: np.ndarray, config: dict) -> tuple:

@@ -13,16 +13,23 @@ from .build import forward_codes, posting_lists
 __all__ = ["DEFAULT_SUPPORT", "forward_budget", "compact_config", "encode_items", "train_residual"]
 
 
-def forward_budget(model, bytes_per_item: int, residual_bytes: int | None, value_bits: int | None,
+def forward_budget(model, bytes_per_item: int | None, residual_bytes: int | None, value_bits: int | None,
                    index_coding: str | None, support: str | None = None) -> dict:
     """The compact forward code a byte budget buys: k, value_bits, index_coding, support, sparse_bytes (the sparse
-    code's bytes) and residual_m (residual bytes; residual.residual_split divides the budget).
+    code's bytes) and residual_m (residual bytes; residual.residual_split divides the budget). No budget: the
+    model's k entries as float16 codes (no compact options allowed).
 
     Raises
     ------
     ValueError
-        A budget too small for one entry, residual_bytes out of range or leaving no room for the sparse code.
+        A budget too small for one entry, residual_bytes out of range or leaving no room for the sparse code, or
+        compact options without a budget.
     """
+    if bytes_per_item is None:
+        if residual_bytes or value_bits is not None or index_coding is not None or support is not None:
+            raise ValueError("residual_bytes, value_bits, index_coding and support apply to compact codes: "
+                             "give bytes_per_item too")
+        return {"k": model.k, "value_bits": None, "index_coding": None, "residual_m": 0, "support": None}
     bytes_per_item = positive_int(bytes_per_item, "bytes_per_item")
     coding = DEFAULT_INDEX_CODING if index_coding is None else check_index_coding(index_coding)
     bits = DEFAULT_VALUE_BITS if value_bits is None else value_bits

@@ -1,6 +1,7 @@
 """Search over segments: one parameters object, and the two modes composed of a proposer and a rescorer.
 
-sparse: the exact windowed scorer of cpp/scorer.h ranks items by the dot product of unit sparse codes.
+sparse: the exact windowed scorer of cpp/scorer.h ranks items by the dot product of unit sparse codes; with
+probe < 1, clustered segments score only the clusters each query routes to (cpp/clusters.h).
 dense: the sparse scorer proposes candidates over all segments (as one segment would), and the forward codes
 rescore them by cos(q, x_hat) (cpp/rerank.h); candidates="all" scans every item instead.
 """
@@ -35,15 +36,20 @@ class SearchParams:
         to scan every item.
     query_terms : int or None
         Use only the strongest terms of each query code (approximate, faster); default all k.
+    probe : float or None
+        Share of each clustered segment's allowed items the sparse stage visits, best clusters first (at least
+        the items it returns); None or 1: every item (exact).
     """
 
     top_k: int = 10
     mode: str = "sparse"
     candidates: int | str | None = None
     query_terms: int | None = None
+    probe: float | None = None
 
-    def check(self, n_items: int, k: int) -> None:
-        """ValueError naming the knob that does not fit an index of n_items items with k terms per code."""
+    def check(self, n_items: int, k: int, cluster_size: int | None = None) -> None:
+        """ValueError naming the knob that does not fit an index of n_items items with k terms per code, clustered
+        at cluster_size (None: not clustered)."""
         if self.mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         positive_int(self.top_k, "top_k")
@@ -57,6 +63,15 @@ class SearchParams:
             raise ValueError(f"candidates={self.candidates} must be at least top_k={self.top_k}")
         if self.query_terms is not None and not positive_int(self.query_terms, "query_terms") <= k:
             raise ValueError(f"query_terms must be in 1..{k}, got {self.query_terms!r}")
+        if self.probe is not None:
+            if isinstance(self.probe, bool) or not isinstance(self.probe, (int, float)):
+                raise TypeError(f"probe must be a number in (0, 1], got {type(self.probe).__name__}")
+            if not 0 < self.probe <= 1:
+                raise ValueError(f"probe must be in (0, 1], got {self.probe}")
+            if self.probe < 1 and cluster_size is None:
+                raise ValueError("probe < 1 needs a clustered index: build it with cluster_size=...")
+            if self.scans_all and self.probe < 1:
+                raise ValueError('probe applies to the sparse stage; candidates="all" scans every item')
 
     @property
     def scans_all(self) -> bool:
@@ -89,7 +104,9 @@ def search_segments(segments: tuple, masks: list, Q: np.ndarray, params: SearchP
         results = [seg.index.scan(P, min(top_k, seg.n), num_threads, mask) for seg, mask in live]
     else:
         q_idx, q_val = queries.codes(Q, params.query_terms)
-        results = [seg.index.search(q_idx, q_val, min(n_sparse, seg.n), num_threads, mask) for seg, mask in live]
+        probe = 1.0 if params.probe is None else float(params.probe)
+        results = [seg.index.search(q_idx, q_val, min(n_sparse, seg.n), num_threads, mask,
+                                    probe if seg.clustered else 1.0, min(n_sparse, seg.n)) for seg, mask in live]
         if params.mode == "dense":
             results = [seg.index.rerank(P, rows, min(top_k, seg.n), num_threads)
                        for (seg, _), rows in zip(live, _global_candidates(results, n_sparse))]

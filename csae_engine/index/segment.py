@@ -8,10 +8,11 @@ import numpy as np
 from .. import _core
 from ..compact import SCALE_BYTES, index_bits
 
-__all__ = ["ARRAYS", "FORWARD_ARRAYS", "Segment", "as_id_array", "check_ids", "header_bytes"]
+__all__ = ["ARRAYS", "FORWARD_ARRAYS", "CLUSTER_ARRAYS", "Segment", "as_id_array", "check_ids", "header_bytes"]
 
 FORWARD_ARRAYS = ("fwd_indices", "fwd_values", "fwd_packed")  # plain (indices + values) or packed (compact codes)
-ARRAYS = ("offsets", "local_ids", "post_values", *FORWARD_ARRAYS, "ids")  # ids: only if given
+CLUSTER_ARRAYS = ("cluster_rows", "centroid_offsets", "centroid_clusters", "centroid_weights")  # clustered only
+ARRAYS = ("offsets", "local_ids", "post_values", *FORWARD_ARRAYS, *CLUSTER_ARRAYS, "ids")  # ids: only if given
 
 
 class Segment:
@@ -22,7 +23,8 @@ class Segment:
     arrays : dict
         ``offsets``, ``local_ids``, ``post_values`` (the windowed posting lists of cpp/index.h), the forward codes
         (values divided by |x_hat|): ``fwd_indices`` and ``fwd_values``, or ``fwd_packed`` (compact codes,
-        cpp/rerank.h), and optionally ``ids`` (int64 user ids).
+        cpp/rerank.h), and optionally ``ids`` (int64 user ids) and the CLUSTER_ARRAYS of a clustered segment
+        (rows numbered cluster by cluster, index/clusters.py), which approximate search (probe < 1) routes with.
     config : dict
         The index's config: h, window_bits, and for packed forward codes k, value_bits, forward_bias,
         index_coding ("packed" or "ef") and residual_m (residual bytes per row, 0 for none).
@@ -51,11 +53,17 @@ class Segment:
         else:
             self.index = _core.SegmentIndex(*postings, arrays["fwd_indices"], arrays["fwd_values"], self.n, h,
                                             window_bits)
+        if "cluster_rows" in arrays:
+            self.index = self.index.with_clusters(*(arrays[name] for name in CLUSTER_ARRAYS))
         if live is not None and live.shape != (self.n,):
             raise ValueError(f"live mask has shape {live.shape}, expected ({self.n},)")
         if "ids" in arrays and arrays["ids"].shape != (self.n,):
             raise ValueError(f"ids have shape {arrays['ids'].shape}, expected ({self.n},)")
         self._lookup = None
+
+    @property
+    def clustered(self) -> bool:
+        return self.index.n_clusters > 0
 
     def ids(self) -> np.ndarray:
         """User ids of every row (live or not), int64."""
@@ -121,6 +129,8 @@ class Segment:
 
     def nbytes(self) -> dict:
         out = {name: int(arr.nbytes) for name, arr in self.arrays.items()}
+        if self.clustered:
+            out["cluster_layout"] = int(self.index.layout_bytes)  # derived on load, held in memory
         if self.live is not None:
             out["live"] = int(self.live.nbytes)
         return out

@@ -18,19 +18,19 @@ from pathlib import Path
 import numpy as np
 
 from ..residual import ResidualQuantizer
-from .segment import ARRAYS, FORWARD_ARRAYS, Segment
+from .segment import ARRAYS, CLUSTER_ARRAYS, FORWARD_ARRAYS, Segment
 
 __all__ = ["INDEX_FORMAT_VERSION", "CONFIG_KEYS", "IndexWriter", "read_manifest", "load_segments", "load_residual",
            "sha256"]
 
-INDEX_FORMAT_VERSION = 6  # 3: latent-major posting lists; 4: packed forward codes; 5: index_coding;
-# 6: residual codes, encoder postings
-READS_VERSIONS = (3, 4, 5, 6)
+INDEX_FORMAT_VERSION = 7  # 3: latent-major posting lists; 4: packed forward codes; 5: index_coding;
+# 6: residual codes, encoder postings; 7: clustered segments
+READS_VERSIONS = (3, 4, 5, 6, 7)
 FORMAT_NAME = "csae-engine index"
 MODEL_FILE = "model.csae"
 RESIDUAL_FILE = "residual.npy"
 CONFIG_KEYS = ("h", "k", "window_bits", "prune", "value_dtype", "shard_size", "forward", "index_terms", "value_bits",
-               "forward_bias", "index_coding", "residual_m", "postings", "support")
+               "forward_bias", "index_coding", "residual_m", "postings", "support", "cluster_size")
 
 
 class IndexWriter:
@@ -128,6 +128,8 @@ def read_manifest(path, verify: bool) -> tuple[dict, Path]:
     if manifest["format_version"] <= 5:  # no residual codes; posting lists made from the forward codes
         manifest = {**manifest, "residual_m": 0, "postings": "forward",
                     "support": "encoder" if manifest["forward"] == "packed" else None}
+    if manifest["format_version"] <= 6:
+        manifest = {**manifest, "cluster_size": None}
     _check_file(path / MODEL_FILE, manifest["model_file_sha256"], verify)
     return manifest, path / MODEL_FILE
 
@@ -170,7 +172,9 @@ def _load_segment(root: Path, entry: dict, config: dict, mmap: bool, verify: boo
         arrays[name] = _load_array(folder / f"{name}.npy", entry["files"].get(f"{name}.npy"), dtype, mmap, verify)
         files[name] = ((final_dir or root) / entry["dir"] / f"{name}.npy", entry["files"][f"{name}.npy"],
                        os.stat(folder / f"{name}.npy").st_ino)
-    missing = set(ARRAYS) - {"ids"} - set(FORWARD_ARRAYS) - set(arrays)
+    missing = set(ARRAYS) - {"ids"} - set(FORWARD_ARRAYS) - set(CLUSTER_ARRAYS) - set(arrays)
+    if set(CLUSTER_ARRAYS) & set(arrays):
+        missing |= set(CLUSTER_ARRAYS) - set(arrays)
     forward = {name for name in FORWARD_ARRAYS if name in arrays}
     if forward not in ({"fwd_indices", "fwd_values"}, {"fwd_packed"}):
         missing |= {"fwd_packed"} if config["forward"] == "packed" else {"fwd_indices", "fwd_values"} - forward

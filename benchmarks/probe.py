@@ -1,0 +1,156 @@
+"""Approximate sparse search over clustered segments (issue 16): recall and latency against the share of items
+visited, beside exact search and FAISS's IVF indexes, one thread, on the same data in one run.
+
+    python -m benchmarks.probe --model wordnet.csae                                  # the 117,659 real items
+    python -m benchmarks.probe --model wordnet.csae --items 1000000                  # real items + noise 0.05
+    python -m benchmarks.probe --model wordnet.csae --items 1000000 --noise 0.5      # noise that mixes neighbours
+
+Per cluster size and probe: single-query p50/p99 of the C++ scorer on encoded queries ("scorer") and of
+Engine.search end to end, sparse and dense (rerank of 1,000 candidates); recall@10 against exact sparse search (the
+same engine at probe 1), against exact-then-rerank, and against exact dense search on the vectors. For perturbed
+items, "bases_in_top10" is how many distinct real rows the exact dense top 10 are copies of (10: no two are copies).
+"""
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+import csae_engine as ce
+from csae_engine import datasets
+from csae_engine.data import unit_rows
+from csae_engine.metrics import recall
+
+from .common import SHARED_WORDNET, md_table, perturbed, write_result
+from .search import CACHE, latencies
+
+PROBES = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01)
+NPROBES = (1, 2, 4, 8, 16, 32, 64)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="a trained model (h=4096, k=32 for the issue's figures)")
+    p.add_argument("--data", default=str(SHARED_WORDNET))
+    p.add_argument("--items", type=int, default=0, help="0: the dataset's items; else this many perturbed ones")
+    p.add_argument("--noise", type=float, default=0.05, help="perturbation: norm of the noise added to a unit row")
+    p.add_argument("--cluster-sizes", type=int, nargs="+", default=[128, 512])
+    p.add_argument("--probes", type=float, nargs="+", default=list(PROBES))
+    p.add_argument("--queries", type=int, default=2000, help="queries for recall")
+    p.add_argument("--latency-queries", type=int, default=300, help="queries timed one by one")
+    p.add_argument("--faiss", nargs="*", default=["IVF1024,PQ64", "IVF1024,RaBitQ"],
+                   help="FAISS index factory strings, nprobe swept (none: skip)")
+    p.add_argument("--name", default=None)
+    a = p.parse_args(argv)
+    command = "python -m benchmarks.probe " + " ".join(argv if argv is not None else sys.argv[1:])
+
+    import faiss
+    import torch
+    cores = torch.get_num_threads()
+    model = ce.load_model(a.model)
+    ds = datasets.load(a.data)
+    X, data_name = _items(a, ds)
+    Q = unit_rows(ds.queries[: a.queries])
+    nq, nl, n = len(Q), min(a.latency_queries, len(Q)), len(X)
+    Xf = unit_rows(X)
+    flat = faiss.IndexFlatIP(Xf.shape[1])
+    flat.add(Xf)
+    faiss.omp_set_num_threads(os.cpu_count())
+    gt = flat.search(Q, 10)[1]
+    del flat
+    cfg = {"data": data_name, "n": n, "d": X.shape[1], "h": model.h, "k": model.k, "queries": nq,
+           "latency_queries": nl, "noise": a.noise if a.items else None, "cores": os.cpu_count()}
+    if a.items:
+        bases = np.load(_bases_path(a, ds))
+        cfg["bases_in_top10"] = float(np.mean([len(np.unique(bases[row])) for row in gt]))
+    rows = []
+    for size in a.cluster_sizes:
+        torch.set_num_threads(cores)  # builds on every core; queries on one (a single-threaded server)
+        t = time.perf_counter()
+        engine = ce.Engine(model, num_threads=-1).build(X, cluster_size=size)
+        build_s = time.perf_counter() - t
+        torch.set_num_threads(1)
+        index = engine.segments[0].index
+        q_idx, q_val = engine.queries.codes(Q)
+        exact = engine.search(Q, 10)[0]
+        exact_dense = engine.search(Q, 10, "dense")[0]
+        nbytes = sum(engine.nbytes().values()) / n
+        for probe in a.probes:
+            found = engine.search(Q, 10, probe=probe)[0]
+            dense = engine.search(Q, 10, "dense", probe=probe)[0]
+            row = {"cluster_size": size, "clusters": index.n_clusters, "probe": probe, "build_s": build_s,
+                   "bytes_per_item": nbytes,
+                   "scorer": latencies(lambda i: index.search(q_idx[i:i + 1], q_val[i:i + 1], 10, 1, None, probe, 10),
+                                       nl)["p50_ms"],
+                   **{f"sparse_{k}": v for k, v in latencies(
+                       lambda i: engine.search(Q[i:i + 1], 10, probe=probe, num_threads=1), nl).items()},
+                   "recall_vs_exact_sparse": recall(found, exact, 10), "sparse_recall_vs_dense": recall(found, gt, 10),
+                   **{f"dense_{k}": v for k, v in latencies(
+                       lambda i: engine.search(Q[i:i + 1], 10, "dense", probe=probe, num_threads=1), nl).items()},
+                   "dense_recall_vs_exact_rerank": recall(dense, exact_dense, 10),
+                   "dense_recall_vs_dense": recall(dense, gt, 10)}
+            rows.append(row)
+            print(row, flush=True)
+        del engine
+    peers = []
+    for spec in a.faiss:
+        peers += _faiss(spec, Xf, Q, gt, nl, faiss)
+    cols = ["cluster_size", "clusters", "probe", "scorer", "sparse_p50_ms", "sparse_p99_ms", "recall_vs_exact_sparse",
+            "sparse_recall_vs_dense", "dense_p50_ms", "dense_p99_ms", "dense_recall_vs_exact_rerank",
+            "dense_recall_vs_dense"]
+    builds = {r["cluster_size"]: (r["build_s"], r["bytes_per_item"]) for r in rows}
+    md = (f"{n:,} items ({data_name}), d={X.shape[1]}, h={model.h}, k={model.k}; {nq} queries for recall, {nl} timed "
+          f"one by one on one thread (p50/p99 in ms; `scorer` is the C++ call alone, p50); recall@10"
+          + (f"; the exact dense top 10 are copies of {cfg['bases_in_top10']:.2f} distinct real rows on average"
+             if a.items else "") + "\n\nBuild (seconds, index bytes per item): "
+          + ", ".join(f"cluster_size {s}: {b:.0f} s, {nb:.0f} B" for s, (b, nb) in builds.items()) + "\n\n"
+          + md_table(rows, cols) + "\n\nFAISS, one thread (bytes per item: codes only, without ids):\n\n"
+          + md_table(peers, ["index", "nprobe", "bytes_per_item", "p50_ms", "p99_ms", "recall_vs_dense", "build_s"]))
+    print(md)
+    name = a.name or f"probe_{data_name}_h{model.h}_k{model.k}"
+    print("wrote", write_result(name, cfg, {"ours": rows, "faiss": peers}, command, md))
+
+
+def _items(a, ds):
+    if not a.items:
+        return np.asarray(ds.docs, np.float16), ds.name
+    path = CACHE / f"perturbed_{ds.name}_{a.items}_noise{a.noise:g}.npy"
+    if not path.exists():
+        print(f"writing {a.items} perturbed items to {path}")
+        perturbed(ds.docs, a.items, path, noise=a.noise)
+    return np.load(path, mmap_mode="r"), f"{ds.name}-perturbed-{a.items}-noise{a.noise:g}"
+
+
+def _bases_path(a, ds):
+    return CACHE / f"perturbed_{ds.name}_{a.items}_noise{a.noise:g}.bases.npy"
+
+
+def ivf_lists(spec: str) -> int:
+    """The list count of a FAISS "IVF<n>,..." factory string (training takes 40 points per list)."""
+    return int(spec.split(",")[0].removeprefix("IVF"))
+
+
+def _faiss(spec, Xf, Q, gt, nl, faiss):
+    t = time.perf_counter()
+    index = faiss.index_factory(Xf.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
+    faiss.omp_set_num_threads(os.cpu_count())
+    index.train(Xf[np.random.default_rng(0).choice(len(Xf), min(len(Xf), 40 * ivf_lists(spec)), replace=False)])
+    index.add(Xf)
+    faiss.omp_set_num_threads(1)
+    build_s = time.perf_counter() - t
+    ivf = faiss.extract_index_ivf(index)
+    code_bytes = ivf.code_size
+    out = []
+    for nprobe in NPROBES:
+        ivf.nprobe = nprobe
+        found = index.search(Q, 10)[1]
+        out.append({"index": spec, "nprobe": nprobe, "bytes_per_item": code_bytes,
+                    **latencies(lambda i: index.search(Q[i:i + 1], 10), nl), "recall_vs_dense": recall(found, gt, 10),
+                    "build_s": build_s})
+        print(out[-1], flush=True)
+    return out
+
+
+if __name__ == "__main__":
+    main()
