@@ -94,6 +94,8 @@ def topk_select(z, k: int, nonneg: bool = False, backend: str = "auto"):
     column on the Triton path (torch.topk breaks ties its own way). The torch path's values are differentiable
     through z, the Triton path's are not: to train, gather z at the indices. Invalid k raises ValueError.
     """
+    if z.dim() != 2:
+        raise ValueError(f"z must be 2-D (B, h), got shape {tuple(z.shape)}")
     reference.check_k(k, z.shape[1])
     if _resolve(backend, z.device, "topk_select") == "triton":
         return _triton_op("select", "topk_select")(z, k, nonneg)
