@@ -6,7 +6,8 @@ on CPU tensors it stays on the reference even under TRITON_INTERPRET=1 (the inte
 model's training tests), so tests of the kernels on the CPU pass backend="triton". "torch" and "triton" force one;
 "triton" raises if triton is missing, or if the tensors are on the CPU without TRITON_INTERPRET=1.
 triton is imported only when a Triton kernel is first used, so the package works without it.
-topk_encode(nonneg=True), CSR's TopK + ReLU, exists only in the reference: "auto" runs it there on any device.
+topk_encode(nonneg=True), CSR's TopK + ReLU, has no fused kernel: "auto" runs the reference (or, where the tables
+say "select", cuBLAS then the Triton select).
 """
 import functools
 import importlib
@@ -36,6 +37,7 @@ def _interpreting() -> bool:
 # encode at k=32 and 8x at k=128. The Triton select kernel (select.py) is not measured yet: torch.topk until
 # benchmarks/gpu_train.py shows otherwise. FASTEST_BY_DEVICE overrides these for one GPU name (every shape measured
 # so far ranks the paths alike, so the choice is per device only).
+# topk_encode may also name "select": cuBLAS addmm, then the Triton select (select.matmul_then_select).
 FASTEST_ON_CUDA = {"topk_encode": "torch", "topk_select": "torch", "sparse_decode": "triton"}
 FASTEST_BY_DEVICE: dict = {}  # e.g. {"NVIDIA H100 80GB HBM3": {"topk_select": "triton"}}
 
@@ -81,8 +83,13 @@ def topk_encode(x, W_enc, b_enc, k: int, backend: str = "auto", nonneg: bool = F
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         if backend == "triton":
             raise NotImplementedError('topk_encode(nonneg=True) has no Triton kernel; use backend="torch" or "auto"')
+        if backend == "auto" and _resolve(backend, x.device, "topk_encode") == "select":
+            return _triton_op("select", "matmul_then_select")(x, W_enc, b_enc, k, True)
         return reference.topk_encode(x, W_enc, b_enc, k, nonneg=True)
-    if _resolve(backend, x.device, "topk_encode") == "triton":
+    path = _resolve(backend, x.device, "topk_encode")
+    if path == "select":  # only from the tables: cuBLAS addmm, then the Triton select
+        return _triton_op("select", "matmul_then_select")(x, W_enc, b_enc, k, nonneg)
+    if path == "triton":
         return _triton_op("encode", "topk_encode")(x, W_enc, b_enc, k)
     return reference.topk_encode(x, W_enc, b_enc, k)
 

@@ -19,7 +19,7 @@ import triton.language as tl
 from . import reference
 from .utils import FP_FUSION, on_device
 
-__all__ = ["MAX_SELECT_H", "topk_select"]
+__all__ = ["MAX_SELECT_H", "topk_select", "matmul_then_select"]
 
 # A row lives in registers: past this h (or for float64) the launcher falls back to torch.topk.
 MAX_SELECT_H = 16384
@@ -72,7 +72,7 @@ def topk_select(z: torch.Tensor, k: int, nonneg: bool = False) -> tuple[torch.Te
 
     Equivalent to reference.topk_select(z, k, nonneg) (by |z| signed, or by z with ReLU), with equal strengths
     going to the smaller column. float32, float16 or bfloat16 z with h <= MAX_SELECT_H; other z go to the
-    reference. The values are gathered from z (not differentiable through this op's indices, as in any top-k).
+    reference. The values are gathered from z: differentiable through z (not through the choice, as any top-k).
     """
     if z.dim() != 2:
         raise ValueError(f"z must be 2-D (B, h), got shape {tuple(z.shape)}")
@@ -80,11 +80,10 @@ def topk_select(z: torch.Tensor, k: int, nonneg: bool = False) -> tuple[torch.Te
     B, h = z.shape
     if h > MAX_SELECT_H or z.dtype not in (torch.float32, torch.float16, torch.bfloat16):
         return reference.topk_select(z, k, nonneg)
-    z = z.detach()
     if z.stride(1) != 1:
         z = z.contiguous()
     wide = z.dtype == torch.float32
-    bits = z.view(torch.int32 if wide else torch.int16)
+    bits = z.detach().view(torch.int32 if wide else torch.int16)
     col_bits = max(1, (h - 1).bit_length())
     key_bits = (32 if wide else 16) + col_bits
     kp = triton.next_power_of_2(k)
@@ -98,3 +97,12 @@ def topk_select(z: torch.Tensor, k: int, nonneg: bool = False) -> tuple[torch.Te
                                  num_warps=min(16, max(4, block_h // 512)), enable_fp_fusion=FP_FUSION)
     values = z.gather(1, idx)
     return idx, (values.clamp_min(0) if nonneg else values)
+
+
+def matmul_then_select(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: int, nonneg: bool = False):
+    """topk_encode as cuBLAS writes it and this kernel reads it: z = addmm(b_enc, x, W_enc), then topk_select.
+
+    The (B, h) z is written once (unlike the fused encode), so callers encode in row chunks that fit. Gradients
+    reach W_enc and b_enc through the gathered values (a dense backward, x^T dz).
+    """
+    return topk_select(torch.addmm(b_enc, x, W_enc), k, nonneg)

@@ -105,3 +105,24 @@ def test_dense_training_path_on_the_triton_select(variant):
     assert torch.equal(grads["triton"][1], grads["torch"][1])
     for name, g in grads["torch"][2].items():
         torch.testing.assert_close(grads["triton"][2][name], g)
+
+
+@pytest.mark.parametrize("nonneg", [False, True], ids=["by |z|", "by z"])
+def test_matmul_then_select_is_topk_encode_with_its_gradients(nonneg):
+    select = importlib.import_module(f"{kernels.__name__}.select")
+    g = torch.Generator().manual_seed(5)
+    x = F.normalize(torch.randn(11, 9, generator=g), dim=1).to(DEVICE)
+    W = torch.randn(9, 50, generator=g).to(DEVICE).requires_grad_()
+    b = (torch.randn(50, generator=g) * 0.1).to(DEVICE).requires_grad_()
+    results = []
+    for encode in (select.matmul_then_select, kernels.reference.topk_encode):
+        idx, val = encode(x, W, b, 6, nonneg)
+        (val * torch.arange(1.0, 7.0, device=DEVICE)).sum().backward()  # weights slots apart: order matters
+        results.append((idx, val.detach(), W.grad.clone(), b.grad.clone()))
+        W.grad = b.grad = None
+    (i1, v1, gw1, gb1), (i2, v2, gw2, gb2) = results
+    assert torch.equal(i1, i2)
+    torch.testing.assert_close(v1, v2)
+    torch.testing.assert_close(gw1, gw2)
+    torch.testing.assert_close(gb1, gb2)
+    assert gw1.abs().sum() > 0
