@@ -126,3 +126,24 @@ def test_matmul_then_select_is_topk_encode_with_its_gradients(nonneg):
     torch.testing.assert_close(gw1, gw2)
     torch.testing.assert_close(gb1, gb2)
     assert gw1.abs().sum() > 0
+
+
+# benchmarks/gpu_train.py at tiny shapes: the parts that say something on the CPU (the timed parts run on a GPU)
+
+def test_gpu_train_benchmark_runs_tiny_and_its_gradients_agree(tmp_path, monkeypatch):
+    import json
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    gpu_train = importlib.import_module("benchmarks.gpu_train")
+    skip = [] if DEVICE == "cuda" else ["--skip", "topk", "--skip", "encode", "--skip", "step"]
+    path = gpu_train.main(["--tiny", "--out", str(tmp_path), *skip])
+    record = json.loads(Path(path).read_text())
+    rows = {r["measure"]: r for r in record["results"]}
+    for variant in ("compressae", "csr"):
+        row = rows[f"gradient agreement, {variant}"]
+        assert 0 <= row["value"] <= gpu_train.GRAD_TOLERANCE and row["met"] is True
+    for how in ("resident", "streamed from host"):
+        row = rows[f"ce.train, {how}"]
+        assert row["steps"] == 3 and row["samples_per_s"] > 0 and 0 < row["final_loss"] < 2
+    assert record["config"]["batch_size"] == 16 and "triton" in record["machine"]
+    assert "Gradients of the dense path" in Path(path).with_suffix(".md").read_text()
