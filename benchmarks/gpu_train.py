@@ -55,7 +55,8 @@ def bench_ceilings(a, device, cuda):
     x = common.unit_rows_on(a.batch_size, a.d, device, 0, torch.bfloat16 if cuda else torch.float32)
     W = torch.randn(a.d, a.h, device=device, dtype=x.dtype)
     ms = common.bench_ms(lambda: x @ W, cuda, a.reps)
-    rows = [{"measure": "matmul (batch, d) @ (d, h)", "unit": "TFLOP/s", "value": 2 * a.batch_size * a.d * a.h / ms / 1e9}]
+    flops = 2 * a.batch_size * a.d * a.h
+    rows = [{"measure": "matmul (batch, d) @ (d, h)", "unit": "TFLOP/s", "value": flops / ms / 1e9}]
     big = torch.empty(a.copy_mib << 18, dtype=torch.float32, device=device)  # copy_mib MiB
     ms = common.bench_ms(lambda: big.clone(), cuda, a.reps)
     rows.append({"measure": f"device copy, {a.copy_mib} MiB", "unit": "GB/s", "value": 2 * big.numel() * 4 / ms / 1e6})
@@ -250,15 +251,16 @@ def main(argv=None):
     p.add_argument("--grad-batch", type=int, default=4096, help="rows of the float32 gradient comparison")
     p.add_argument("--copy-mib", type=int, default=1024, help="size of the copy ceilings")
     p.add_argument("--reps", type=int, default=5, help="timed runs per measurement on CPU (CUDA: do_bench, 1 s)")
-    p.add_argument("--skip", choices=["ceilings", "topk", "encode", "step", "grads", "train"], action="append", default=[],
-                   help="leave a part out (repeatable)")
+    p.add_argument("--skip", choices=["ceilings", "topk", "encode", "step", "grads", "train"], action="append",
+                   default=[], help="leave a part out (repeatable)")
     p.add_argument("--tiny", action="store_true", help="B=16, d=16, h=64, k=4, 3 steps, 256 items, 1 rep: a smoke "
                                                       "run, e.g. under TRITON_INTERPRET=1")
     p.add_argument("--out", default=None, help="results folder (default benchmarks/results)")
     p.add_argument("--name", default=None, help="result file name (default from the settings and the device)")
     a = p.parse_args(argv)
     if a.tiny:
-        a.batch_size, a.d, a.h, a.k, a.steps, a.items, a.reps, a.grad_batch, a.copy_mib = 16, 16, 64, 4, 3, 256, 1, 64, 1
+        a.batch_size, a.d, a.h, a.k, a.steps, a.items = 16, 16, 64, 4, 3, 256
+        a.reps, a.grad_batch, a.copy_mib = 1, 64, 1
     cuda = torch.cuda.is_available()
     if not cuda and os.environ.get("TRITON_INTERPRET") != "1":
         p.error("needs a CUDA device, or TRITON_INTERPRET=1 to run the kernels on the CPU (slow: use --tiny)")

@@ -8,10 +8,10 @@ Two paths give the same loss and gradients (tests/test_dense_step.py checks them
   streams the whole decoder at about one flop per byte where a GPU matmul runs at hundreds. The dense path makes
   every product a matmul (the public TopK trainers do the same):
 
-      z              = x @ W_enc + b                      one addmm
-      the top 4k     = kernels.topk_select(z, 4k)         by |z| (CSR: by z), strongest first; the first k are the k-code
-      Z_k, Z_4k      = the selected values of z scattered into zeros, one (B, 2h) matrix
-      x_hat_k, x_hat_4k = [Z_k; Z_4k] @ W_dec             one matmul (backward: one for dZ, one for dW_dec)
+      z                 = x @ W_enc + b                 one addmm
+      top 4k            = kernels.topk_select(z, 4k)    by |z| (CSR: by z), strongest first; the first k: the k-code
+      Z_k, Z_4k         = the selected values of z scattered into zeros, one (B, 2h) matrix
+      x_hat_k, x_hat_4k = [Z_k; Z_4k] @ W_dec           one matmul (backward: one for dZ, one for dW_dec)
 
   Autograd through the scatter and the gather gives a dense dz, so dW_enc = x^T dz is one matmul too: eight
   matmul-equivalents per step in all. Nothing asks the host for a value (AuxK's dead set stays a device mask).

@@ -117,12 +117,16 @@ def streamed_batches(X, batch_size: int, steps: int, seed: int, device: torch.de
     copy_stream = torch.cuda.Stream(device) if cuda else None
 
     def fill(slot, runs):
+        rows = np.concatenate([X[start:stop] for start, stop in runs])
         if copied[slot] is not None:
             copied[slot].synchronize()  # the previous batch in this buffer has reached the device
-        out, at = buffers[slot].numpy(), 0
-        for start, stop in runs:
-            out[at:at + stop - start] = unit_rows(X[start:stop], start, name)
-            at += stop - start
+        out = buffers[slot].numpy()
+        out[:] = rows  # a few whole-batch numpy passes, which release the GIL, rather than one per run
+        norms = np.linalg.norm(out, axis=1)
+        if not (np.isfinite(norms).all() and (norms > 0).all()):
+            for start, stop in runs:
+                unit_rows(X[start:stop], start, name)  # raises, naming the row
+        out /= norms[:, None]
         return slot
 
     runs = _step_runs(n, batch_size, steps, seed)
