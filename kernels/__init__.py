@@ -98,8 +98,8 @@ def topk_select(z, k: int, nonneg: bool = False, backend: str = "auto"):
     """Indices (B, k) int64 and values (B, k) of the k strongest entries of each row of z (B, h), strongest first.
 
     nonneg=False: by |z|, values signed; nonneg=True: by z, values ReLU'd (CSR). Equal strengths go to the smaller
-    column on the Triton path (torch.topk breaks ties its own way). The torch path's values are differentiable
-    through z, the Triton path's are not: to train, gather z at the indices. Invalid k raises ValueError.
+    column on the Triton path (torch.topk breaks ties its own way). Values are differentiable through z on both
+    paths (gathered from z). Invalid k raises ValueError, a z that is not 2-D too.
     """
     if z.dim() != 2:
         raise ValueError(f"z must be 2-D (B, h), got shape {tuple(z.shape)}")

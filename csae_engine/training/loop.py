@@ -34,8 +34,8 @@ def train(X, h: int | None = None, k: int | None = None, *, model: TopKSAE | Non
     mean of up to 16,384 sampled items.
 
     Batches are drawn without replacement, epoch after epoch, in a seeded order (resident: of rows; streamed: of
-    chunks of rows). The learning rate warms up
-    linearly over the first ``warmup`` share of steps and decays linearly to zero over the last ``decay`` share.
+    chunks of rows). The learning rate warms up linearly over the first ``warmup`` share of steps and decays
+    linearly to zero over the last ``decay`` share.
     A latent is dead when it has fired (non-zero value in an item's top k) for no item over the last
     ``dead_window`` samples (default: one pass over the data, at most 1M samples).
 
