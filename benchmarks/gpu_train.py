@@ -32,7 +32,7 @@ import torch
 
 import csae_engine as ce
 from csae_engine import kernels
-from csae_engine.models import autocast, new_model
+from csae_engine.models import new_model
 from csae_engine.training import train_step
 
 from . import common
