@@ -65,6 +65,11 @@ def machine() -> dict:
         pass
     if torch.cuda.is_available():
         info["device"] = torch.cuda.get_device_name()
+    try:
+        import triton
+        info["triton"] = triton.__version__
+    except ImportError:
+        pass
     return info
 
 
@@ -84,7 +89,8 @@ def write_result(name: str, config: dict, rows: list, command: str, markdown: st
               "machine": machine(), "command": command, "config": config, "results": rows}
     (results_dir / f"{name}.json").write_text(json.dumps(record, indent=2) + "\n")
     header = (f"# {name}\n\n`{command}`\n\ncommit {record['commit']}, {record['date']}, "
-              f"{record['machine']['cpu']} ({record['machine']['cores']} cores), torch {record['machine']['torch']}\n\n")
+              f"{record['machine']['cpu']} ({record['machine']['cores']} cores), torch {record['machine']['torch']}"
+              + (f", triton {record['machine']['triton']}" if "triton" in record["machine"] else "") + "\n\n")
     (results_dir / f"{name}.md").write_text(header + markdown + "\n")
     return results_dir / f"{name}.json"
 
@@ -94,3 +100,43 @@ def md_table(rows: list, columns: list) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(fmt(r.get(c, "")) for c in columns) + " |" for r in rows]
     return "\n".join(lines)
+
+
+def bench_ms(fn, cuda: bool, reps: int) -> float:
+    """Median milliseconds per call of fn (after one untimed call, which also compiles): triton's do_bench on CUDA,
+    ``reps`` perf_counter runs elsewhere."""
+    import statistics
+
+    import torch
+    fn()
+    if cuda:
+        import triton.testing
+        torch.cuda.synchronize()
+        return float(triton.testing.do_bench(fn, warmup=100, rep=1000, return_mode="median"))
+    times = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(times)
+
+
+def peak_mib(fn, cuda: bool):
+    """Peak CUDA memory allocated during one call of fn, in MiB (None on CPU, without calling fn)."""
+    if not cuda:
+        return None
+    import torch
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
+def unit_rows_on(n: int, d: int, device, seed: int, dtype=None):
+    """(n, d) seeded Gaussian rows of unit norm, made on device (float32 unless dtype)."""
+    import torch
+    import torch.nn.functional as F
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = F.normalize(torch.randn(n, d, device=device, generator=g), dim=1)
+    return x if dtype is None else x.to(dtype)

@@ -12,7 +12,6 @@ The issue's targets are checked in the markdown: fused encode >= 3x torch, train
 import argparse
 import contextlib
 import os
-import statistics
 import sys
 import time
 
@@ -31,41 +30,10 @@ TARGET_TRAIN_SPEEDUP = 5.0
 TARGET_TRAIN_SAMPLES_PER_S = 5e6
 
 
-def _bench_ms(fn, cuda: bool, reps: int) -> float:
-    """Median milliseconds per call (after one untimed call, which also compiles)."""
-    fn()
-    if cuda:
-        import triton.testing
-        torch.cuda.synchronize()
-        return float(triton.testing.do_bench(fn, warmup=100, rep=1000, return_mode="median"))
-    times = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
-
-
-def _peak_mib(fn, cuda: bool):
-    """Peak CUDA memory allocated during one call of fn, in MiB (None on CPU, without calling fn)."""
-    if not cuda:
-        return None
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() / 2**20
-
-
-def _unit_rows(n, d, device, seed, dtype=torch.float32):
-    g = torch.Generator(device=device).manual_seed(seed)
-    return F.normalize(torch.randn(n, d, device=device, generator=g), dim=1).to(dtype)
-
-
 def bench_encode(a, device, cuda):
     """items/s of the fused Triton encode and of torch's addmm + topk (the reference), bf16 (fp32 on CPU)."""
     dt = torch.bfloat16 if cuda else torch.float32
-    x = _unit_rows(a.batch_size, a.d, device, 1, dt)
+    x = common.unit_rows_on(a.batch_size, a.d, device, 1, dt)
     model = ce.CompresSAE(a.d, a.h, a.k, seed=0)
     W, b = model.W_enc.detach().to(device, dt), (torch.randn(a.h) * 0.01).to(device, dt)
     rows = []
@@ -74,8 +42,9 @@ def bench_encode(a, device, cuda):
         with torch.no_grad():
             for backend in ("torch", "triton"):
                 fn = lambda: kernels.topk_encode(x, W, b, k, backend=backend)  # noqa: E731
-                ms = _bench_ms(fn, cuda, a.reps)
-                res[backend] = {"ms": ms, "items_per_s": a.batch_size / ms * 1e3, "peak_mib": _peak_mib(fn, cuda)}
+                ms = common.bench_ms(fn, cuda, a.reps)
+                res[backend] = {"ms": ms, "items_per_s": a.batch_size / ms * 1e3,
+                        "peak_mib": common.peak_mib(fn, cuda)}
             ti, tv = kernels.topk_encode(x, W, b, k, backend="torch")
             fi, fv = kernels.topk_encode(x, W, b, k, backend="triton")
             same = (ti.sort(1).values == fi.sort(1).values).all(1).float().mean().item()
@@ -93,15 +62,15 @@ def bench_encode(a, device, cuda):
 def bench_train_step(a, device, cuda):
     """samples/s and peak memory of one full training step (csae_engine.training.train_step: forward under the
     device's autocast, backward, radial-gradient removal, Adam, renormalise; AuxK and pairs off) per backend."""
-    x = _unit_rows(a.batch_size, a.d, device, 2)
+    x = common.unit_rows_on(a.batch_size, a.d, device, 2)
     res = {}
     for backend in ("torch", "triton"):
         model = ce.CompresSAE(a.d, a.h, a.k, seed=0).to(device)
-        model.backend = backend
+        model.backend, model.step_path = backend, "sparse"  # the kernels' path (gpu_train.py times the dense one)
         opt = torch.optim.Adam(model.parameters(), lr=1e-3)
         fn = lambda: train_step(model, opt, x)  # noqa: E731
-        ms = _bench_ms(fn, cuda, a.reps)
-        res[backend] = {"ms": ms, "samples_per_s": a.batch_size / ms * 1e3, "peak_mib": _peak_mib(fn, cuda)}
+        ms = common.bench_ms(fn, cuda, a.reps)
+        res[backend] = {"ms": ms, "samples_per_s": a.batch_size / ms * 1e3, "peak_mib": common.peak_mib(fn, cuda)}
         del model, opt
         if cuda:
             torch.cuda.empty_cache()
@@ -123,7 +92,7 @@ def _host_items(a, cuda):
     chunk = 1 << 16
     for s in range(0, a.items, chunk):
         n = min(chunk, a.items - s)
-        X[s:s + n] = _unit_rows(n, a.d, "cuda" if cuda else "cpu", 100 + s).to(torch.float16).cpu()
+        X[s:s + n] = common.unit_rows_on(n, a.d, "cuda" if cuda else "cpu", 100 + s).to(torch.float16).cpu()
     return X
 
 
@@ -158,7 +127,7 @@ def bench_stream(a, device, cuda):
     rows = []
     for how in ("pinned loop", "csae_engine.train"):
         model = ce.CompresSAE(a.d, a.h, a.k, seed=0).to(device)
-        model.backend = "triton"
+        model.backend, model.step_path = "triton", "sparse"
         if cuda:
             torch.cuda.synchronize()
         t = time.perf_counter()

@@ -3,6 +3,7 @@
     python -m benchmarks.train_cpu                         # the documented defaults, shared WordNet/MiniLM data
     python -m benchmarks.train_cpu --steps 200 --name quick
     python -m benchmarks.train_cpu --memmap-items 4000000  # train from a generated .npy much larger than the model
+    python -m benchmarks.train_cpu --steps 100 --resident no --name streamed   # the streamed loader on the same data
 """
 import argparse
 import sys
@@ -30,11 +31,22 @@ def main(argv=None):
     p.add_argument("--lr", type=float, default=DEFAULT_LR)
     p.add_argument("--memmap-items", type=int, default=0,
                    help="instead: train --steps on this many perturbed items written to a temporary .npy")
+    p.add_argument("--resident", choices=["auto", "yes", "no"], default="auto",
+                   help="hold the items in memory (yes), stream them (no), or let train decide (TrainConfig.resident)")
+    p.add_argument("--step-path", choices=["auto", "dense", "sparse"], default="auto",
+                   help="the training step's path (TopKSAE.step_path; auto: sparse on the CPU)")
     p.add_argument("--name", default=None, help="result file name (default from the settings)")
     p.add_argument("--save", default=None, help="also write the trained model here")
     a = p.parse_args(argv)
     ds = datasets.load(a.data)
-    cfg = {"data": ds.name, "h": a.h, "k": a.k, "steps": a.steps, "batch_size": a.batch_size, "lr": a.lr}
+    cfg = {"data": ds.name, "h": a.h, "k": a.k, "steps": a.steps, "batch_size": a.batch_size, "lr": a.lr,
+           "resident": a.resident, "step_path": a.step_path}
+    resident = {"auto": None, "yes": True, "no": False}[a.resident]
+
+    def fresh_model(d):
+        model = ce.CompresSAE(d, a.h, a.k, seed=0)
+        model.step_path = a.step_path
+        return model
     command = "python -m benchmarks.train_cpu " + " ".join(argv if argv is not None else sys.argv[1:])
 
     if a.memmap_items:
@@ -42,7 +54,8 @@ def main(argv=None):
             path = perturbed(ds.docs, a.memmap_items, Path(tmp) / "items.npy")
             rss_before = peak_rss_mib()
             t = time.perf_counter()
-            model = ce.train(str(path), h=a.h, k=a.k, steps=a.steps, batch_size=a.batch_size, lr=a.lr)
+            model = ce.train(str(path), model=fresh_model(ds.docs.shape[1]), steps=a.steps, batch_size=a.batch_size,
+                             lr=a.lr, resident=resident)
             seconds = time.perf_counter() - t
             row = {"items": a.memmap_items, "file_mib": path.stat().st_size / 2**20, "train_s": seconds,
                    "steps_per_s": a.steps / seconds, "samples_per_s": a.steps * a.batch_size / seconds,
@@ -53,7 +66,8 @@ def main(argv=None):
         md = md_table([row], list(row))
     else:
         t = time.perf_counter()
-        model = ce.train(ds.docs, h=a.h, k=a.k, steps=a.steps, batch_size=a.batch_size, lr=a.lr)
+        model = ce.train(ds.docs, model=fresh_model(ds.docs.shape[1]), steps=a.steps, batch_size=a.batch_size,
+                         lr=a.lr, resident=resident)
         seconds = time.perf_counter() - t
         if a.save:
             model.save(a.save)

@@ -5,7 +5,7 @@ Shapes: x (B, d), W_enc (d, h), b_enc (h,), W_dec (h, d), indices/values (B, k).
 import torch
 import torch.nn.functional as F
 
-__all__ = ["check_k", "topk_encode", "sparse_decode"]
+__all__ = ["check_k", "topk_encode", "topk_select", "sparse_decode"]
 
 
 def check_k(k: int, h: int) -> None:
@@ -75,6 +75,17 @@ def topk_encode(x: torch.Tensor, W_enc: torch.Tensor, b_enc: torch.Tensor, k: in
     """
     check_k(k, W_enc.shape[1])
     return _TopKEncode.apply(x, W_enc, b_enc, k, bool(nonneg))
+
+
+def topk_select(z: torch.Tensor, k: int, nonneg: bool = False):
+    """indices (B, k) int64 and values of the k strongest entries of each row of z (B, h), strongest first.
+
+    nonneg=False: by |z|, values signed; nonneg=True: by z, values ReLU'd. Values are differentiable through z.
+    """
+    check_k(k, z.shape[1])
+    _, indices = (z if nonneg else z.abs()).topk(k, dim=1, sorted=True)
+    values = z.gather(1, indices)
+    return indices, (values.clamp_min(0) if nonneg else values)
 
 
 def sparse_decode(indices: torch.Tensor, values: torch.Tensor, W_dec: torch.Tensor) -> torch.Tensor:

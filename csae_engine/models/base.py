@@ -8,11 +8,10 @@ Every variant encodes the same way and differs only in a few hooks:
     loss  = err(x, x_hat_k) + err(x, x_hat_4k) / 8   the multi-k loss, one forward pass
 
 A variant sets ``variant`` and ``signed`` and implements ``_recon_error`` (err above) and ``_residual`` (what AuxK
-reconstructs); CSRAutoencoder also overrides the bias and decoder hooks. The file format is in io.py.
+reconstructs); CSRAutoencoder also overrides the bias and decoder hooks. The training terms (the dense training
+path, AuxK, InfoNCE) are in losses.py, the file format in io.py.
 """
 import abc
-from typing import NamedTuple
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -23,37 +22,14 @@ from ..data import as_matrix
 from ..utils import positive_int
 from .encoding import DEFAULT_VALUE_BITS, decode_codes, encode_compact, encode_rows
 from .io import MODEL_FORMAT_VERSION, save_model
+from .losses import ForwardOutput, TrainingLosses
 
 __all__ = ["INITS", "ForwardOutput", "TopKSAE"]
 
 INITS = ("transpose", "random")
 
 
-class ForwardOutput(NamedTuple):
-    """What ``TopKSAE.forward`` returns for a batch x (B, d).
-
-    Attributes
-    ----------
-    loss : torch.Tensor
-        The multi-k reconstruction loss, a scalar.
-    cos_k : torch.Tensor
-        (B,) cosine between each row and its reconstruction from the top k, detached.
-    indices : torch.Tensor
-        (B, k) int64 latents of the top k, strongest first.
-    values : torch.Tensor
-        (B, k) their values.
-    x_hat : torch.Tensor
-        (B, d) the reconstruction from the top k (with the decoder bias), differentiable.
-    """
-
-    loss: torch.Tensor
-    cos_k: torch.Tensor
-    indices: torch.Tensor
-    values: torch.Tensor
-    x_hat: torch.Tensor
-
-
-class TopKSAE(torch.nn.Module, abc.ABC):
+class TopKSAE(TrainingLosses, torch.nn.Module, abc.ABC):
     """TopK sparse autoencoder: encode (n, d) embeddings into k-sparse codes over h latents and decode them back.
 
     The base class of CompresSAE and CSRAutoencoder; it is not instantiated itself.
@@ -186,6 +162,8 @@ class TopKSAE(torch.nn.Module, abc.ABC):
         ForwardOutput
             loss, cos_k per row (detached), the top-k indices and values, and x_hat_k.
         """
+        if self.uses_dense_step(x.device):  # step_path: dense matmuls on CUDA (losses.py)
+            return self._forward_dense(x)
         indices, values = self.encode_tensor(x, self.k_multi)
         k = self.k
         x_hat_k = self.decode_tensor(indices[:, :k], values[:, :k])
@@ -198,71 +176,11 @@ class TopKSAE(torch.nn.Module, abc.ABC):
     def _residual(self, x: torch.Tensor, x_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | float]:
         """What AuxK reconstructs, and the scale that maps the code's units onto it."""
 
-    def aux_loss(self, x: torch.Tensor, x_hat: torch.Tensor, dead: torch.Tensor, aux_k: int) -> torch.Tensor:
-        """AuxK: the aux_k strongest dead latents of each row reconstruct the detached residual of x_hat.
-
-        The aux reconstruction adds no decoder bias (x_hat already holds it); the residual is detached, so this
-        loss trains only the dead latents (and the encoder bias terms they read).
-
-        Parameters
-        ----------
-        x : torch.Tensor
-            (B, d) unit-norm rows.
-        x_hat : torch.Tensor
-            (B, d) their reconstructions (ForwardOutput.x_hat).
-        dead : torch.Tensor
-            (h,) bool, the dead latents.
-        aux_k : int
-            Dead latents per row.
-
-        Returns
-        -------
-        torch.Tensor
-            A scalar; 0 (no gradient) when no latent is dead or aux_k is 0.
-        """
-        dead_ids = dead.nonzero().squeeze(1)
-        if aux_k <= 0 or dead_ids.numel() == 0:
-            return x.new_zeros(())
-        idx, val = kernels.topk_encode(x, self.W_enc[:, dead_ids], self._encoder_bias()[dead_ids],
-                                       min(aux_k, dead_ids.numel()), backend=self.backend, nonneg=not self.signed)
-        target, scale = self._residual(x.float(), x_hat.detach().float())
-        e_hat = self._decode_latents(dead_ids[idx], val).float()
-        return ((target - e_hat / scale) ** 2).sum(dim=1).mean()
-
     def dense_codes(self, x: torch.Tensor, k: int | None = None) -> torch.Tensor:
         """The codes of encode_tensor(x, k) as dense (B, h) rows, zero outside the top k, differentiable through
         the values."""
         idx, val = self.encode_tensor(x, k)
         return torch.zeros(x.shape[0], self.h, dtype=val.dtype, device=x.device).scatter(1, idx, val)
-
-    def contrastive_loss(self, queries: torch.Tensor, docs: torch.Tensor, tau: float) -> torch.Tensor:
-        """InfoNCE of queries against docs on the L2-normalised k-sparse codes, in-batch negatives.
-
-        Row i of queries is paired with row i of docs; every other doc of the batch is a negative, except copies
-        of the positive doc (several queries may share one). loss = mean_i -log softmax_j(cos(c_qi, c_dj) / tau)[i].
-
-        Parameters
-        ----------
-        queries, docs : torch.Tensor
-            (B, d) unit-norm rows, paired by row.
-        tau : float
-            Temperature.
-
-        Returns
-        -------
-        torch.Tensor
-            A scalar.
-        """
-        iq, vq = self.encode_tensor(queries)
-        vq = F.normalize(vq.float(), dim=1)
-        zd = F.normalize(self.dense_codes(docs).float(), dim=1)
-        # cos(c_qi, c_dj) = sum_t vq[i, t] * zd[j, iq[i, t]]: O(B^2 k) rather than a dense (B, h) @ (h, B)
-        logits = F.embedding_bag(iq, zd.T.contiguous(), per_sample_weights=vq, mode="sum") / tau
-        with torch.no_grad():
-            same = (docs.float() @ docs.float().T) > 1 - 1e-6
-            same.fill_diagonal_(False)
-        logits = logits.masked_fill(same, float("-inf"))
-        return F.cross_entropy(logits, torch.arange(len(queries), device=queries.device))
 
     def _decoder_directions(self) -> tuple[torch.nn.Parameter, int]:
         """(parameter, dim) whose slices along dim are the decoder's unit directions."""

@@ -62,6 +62,9 @@ class TrainConfig:
     aux_weight: float = _option(DEFAULT_AUX_WEIGHT, "weight of the AuxK term")
     pairs_weight: float = _option(DEFAULT_PAIRS_WEIGHT, "weight of the InfoNCE term on the pairs")
     tau: float = _option(DEFAULT_TAU, "InfoNCE temperature")
+    resident: bool | None = _option(None, "hold the normalised items in device memory (bf16 on CUDA) instead of "
+                                          "streaming them (default: when they take at most a quarter of the free "
+                                          "device memory; on the CPU, of the available RAM, at most 4 GiB)")
     pairs_batch: int | None = _option(None, "pairs per step for the InfoNCE term, >= 2 (default: batch_size, "
                                             "at most the number of pairs)")
 
@@ -85,6 +88,9 @@ class TrainConfig:
             positive_int(self.dead_window, "dead_window")
         if self.tied is not None and not isinstance(self.tied, bool):
             raise TypeError(f"tied must be True, False or None, got {type(self.tied).__name__} {self.tied!r}")
+        if self.resident is not None and not isinstance(self.resident, bool):
+            raise TypeError(f"resident must be True, False or None, got {type(self.resident).__name__} "
+                            f"{self.resident!r}")
         if self.aux_k is not None:
             _integer(self.aux_k, "aux_k")  # its range, 0..h, is checked against the model
         if not (math.isfinite(_number(self.tau, "tau")) and self.tau > 0):

@@ -1,8 +1,6 @@
 """The training loop: Adam on the multi-k reconstruction loss, batches sampled from data that may not fit in memory;
 optionally AuxK for dead latents and an InfoNCE term on query/document pairs."""
 import dataclasses
-import queue
-import threading
 import time
 
 import numpy as np
@@ -11,6 +9,7 @@ import torch
 from ..data import as_matrix, unit_rows, unit_rows_at
 from ..models import TopKSAE, new_model
 from ..utils import progress_bar
+from .batches import fits_resident, resident_batches, resident_items, streamed_batches
 from .config import TrainConfig
 from .step import lr_factor, train_step
 
@@ -19,18 +18,24 @@ __all__ = ["train", "check_pairs"]
 
 def train(X, h: int | None = None, k: int | None = None, *, model: TopKSAE | None = None, pairs=None,
           progress: bool | None = None, config: TrainConfig | None = None, **options) -> TopKSAE:
-    """Train a CompresSAE or CSR model on the rows of X (array, np.memmap or path to a .npy; never loaded whole).
+    """Train a CompresSAE or CSR model on the rows of X (array, np.memmap or path to a .npy).
 
     The options are TrainConfig's fields (h, k, variant, steps, batch_size, lr, warmup, decay, seed, device,
-    dead_window, init, tied, aux_k, aux_weight, pairs_weight, tau, pairs_batch): pass a ``config``, keywords, or
-    both (keywords override the config's fields).
+    dead_window, init, tied, aux_k, aux_weight, pairs_weight, tau, pairs_batch, resident): pass a ``config``,
+    keywords, or both (keywords override the config's fields).
+
+    Items that fit (``resident``) are checked and normalised once into device memory and sampled there; larger X
+    is streamed, a few threads reading and normalising runs of rows into host buffers (batches.py). On CUDA the
+    step takes the dense path (TopKSAE.step_path), Adam is fused, and nothing in a step waits for the GPU: the
+    dead-latent mask stays on the device and the history rows are read one logging interval late.
 
     variant: "compressae" (signed codes, the default) or "csr" (non-negative codes, pre-bias, tied decoder unless
     tied=False). init: "transpose" (encoder = decoder transpose) or "random". A fresh CSR starts its pre-bias at the
     mean of up to 16,384 sampled items.
 
-    Batches are drawn without replacement, epoch after epoch, in a seeded order. The learning rate warms up
-    linearly over the first ``warmup`` share of steps and decays linearly to zero over the last ``decay`` share.
+    Batches are drawn without replacement, epoch after epoch, in a seeded order (resident: of rows; streamed: of
+    chunks of rows). The learning rate warms up linearly over the first ``warmup`` share of steps and decays
+    linearly to zero over the last ``decay`` share.
     A latent is dead when it has fired (non-zero value in an item's top k) for no item over the last
     ``dead_window`` samples (default: one pass over the data, at most 1M samples).
 
@@ -41,7 +46,7 @@ def train(X, h: int | None = None, k: int | None = None, *, model: TopKSAE | Non
     Parameters
     ----------
     X : array_like, np.memmap or path
-        (n, d) embeddings; rows are L2-normalised as they are read.
+        (n, d) embeddings; rows are L2-normalised as they are read (once, when resident).
     h, k : int, optional
         Latents and non-zeros per code of a fresh model (default: the config's, 4096 and 32).
     model : TopKSAE, optional
@@ -104,17 +109,22 @@ def train(X, h: int | None = None, k: int | None = None, *, model: TopKSAE | Non
     dead_window = cfg.dead_window or min(n, 1_000_000)
 
     torch.manual_seed(cfg.seed)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    cuda = device.type == "cuda"
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, fused=cuda)
     schedule = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, steps, cfg.warmup, cfg.decay))
     last_fired = torch.zeros(model.h, dtype=torch.int64, device=device)
     if pairs is not None:
         pair_iter = _pair_batches(*(torch.from_numpy(p).to(device) for p in pairs), pairs_batch, cfg.seed)
+    resident = cfg.resident if cfg.resident is not None else fits_resident(n, d, device)
+    if resident:
+        batches = resident_batches(resident_items(X, device), batch_size, steps, cfg.seed)
+    else:
+        batches = streamed_batches(X, batch_size, steps, cfg.seed, device)
     seen = 0
     model.history = []
     bar = progress_bar(total=steps, desc="train", unit="step", progress=progress, items=steps * batch_size)
-    t0 = time.perf_counter()
-    for step, x in enumerate(_batches(X, batch_size, steps, cfg.seed)):
-        x = x.to(device, non_blocking=True)
+    log = _History(model.history, bar, cuda)
+    for step, x in enumerate(batches):
         dead = (seen - last_fired) >= dead_window if seen >= dead_window else None
         out = train_step(model, opt, x, dead=dead, aux_k=aux_k, aux_weight=cfg.aux_weight,
                          pairs=None if pair_iter is None else next(pair_iter), pairs_weight=cfg.pairs_weight,
@@ -122,15 +132,12 @@ def train(X, h: int | None = None, k: int | None = None, *, model: TopKSAE | Non
         schedule.step()
 
         seen += len(x)
-        last_fired[out.indices[out.values != 0]] = seen
+        fired = torch.where(out.values != 0, seen, 0)  # a sync-free last_fired[fired latents] = seen
+        last_fired.scatter_reduce_(0, out.indices.reshape(-1), fired.reshape(-1), reduce="amax")
         if step % 10 == 0 or step == steps - 1:
-            dead_share = dead.float().mean().item() if dead is not None else 0.0
-            row = {"step": step + 1, "loss": out.loss.item(), "cos_k": out.cos_k.mean().item(), "dead": dead_share,
-                   "seconds": time.perf_counter() - t0}
-            row.update({name: t.item() for name, t in out.terms.items()})
-            model.history.append(row)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", cos=f"{row['cos_k']:.3f}", dead=f"{dead_share:.1%}")
+            log.add(step + 1, out, dead)
         bar.update(1)
+    log.flush()
     bar.close()
     model.eval()
     return model
@@ -183,13 +190,13 @@ def check_pairs(pairs, d: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _pair_batches(Q: torch.Tensor, D: torch.Tensor, size: int, seed: int):
-    """Endless seeded batches of pair rows, without replacement within an epoch."""
-    gen = torch.Generator().manual_seed(seed + 1)
-    perm = torch.empty(0, dtype=torch.int64)
+    """Endless seeded batches of pair rows, without replacement within an epoch, drawn on their device."""
+    gen = torch.Generator(device=Q.device).manual_seed(seed + 1)
+    perm = torch.empty(0, dtype=torch.int64, device=Q.device)
     while True:
         if len(perm) < size:
-            perm = torch.cat([perm, torch.randperm(len(Q), generator=gen)])
-        take, perm = perm[:size].to(Q.device), perm[size:]
+            perm = torch.cat([perm, torch.randperm(len(Q), generator=gen, device=Q.device)])
+        take, perm = perm[:size], perm[size:]
         yield Q[take], D[take]
 
 
@@ -199,43 +206,40 @@ def _sample_mean(X, seed: int, rows: int = 16384) -> np.ndarray:
     return unit_rows_at(X, take, "X").mean(axis=0)
 
 
-def _batches(X: np.ndarray, batch_size: int, steps: int, seed: int):
-    """Unit-norm float32 batches, each read (sorted by row, for memmaps) in a background thread."""
-    rng = np.random.default_rng(seed)
-    n = X.shape[0]
 
-    def rows():
-        perm = np.empty(0, np.int64)
-        for _ in range(steps):
-            if len(perm) < batch_size:
-                perm = np.concatenate([perm, rng.permutation(n)])
-            take, perm = np.sort(perm[:batch_size]), perm[batch_size:]
-            yield take
+class _History:
+    """model.history's rows, each read from the device one logging interval after it was recorded (CUDA), so the
+    loop never waits for the GPU; on the CPU at once. "seconds" is the time the row was read."""
 
-    q: queue.Queue = queue.Queue(maxsize=2)
-    stop = threading.Event()
+    def __init__(self, rows: list, bar, lagged: bool):
+        self.rows, self.bar, self.lagged = rows, bar, lagged
+        self.pending = []
+        self.t0 = time.perf_counter()
 
-    def produce():
-        try:
-            for take in rows():
-                if stop.is_set():
-                    return
-                q.put(torch.from_numpy(unit_rows_at(X, take, "X")))
-        except BaseException as e:  # handed to the consumer
-            q.put(e)
-        q.put(None)
+    def add(self, step: int, out, dead) -> None:
+        names = ["loss", "cos_k", "dead", *out.terms]
+        dead_share = dead.float().mean() if dead is not None else out.loss.new_zeros(())
+        values = torch.stack([out.loss.float(), out.cos_k.mean(), dead_share, *(t.float() for t in out.terms.values())])
+        if self.lagged:
+            values = values.to("cpu", non_blocking=True)
+            done = torch.cuda.Event()
+            done.record()
+        else:
+            done = None
+        self.pending.append((step, names, values, done))
+        while len(self.pending) > (1 if self.lagged else 0):
+            self.read()
 
-    worker = threading.Thread(target=produce, daemon=True)
-    worker.start()
-    try:
-        while (item := q.get()) is not None:
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while worker.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                worker.join(0.05)
+    def read(self) -> None:
+        step, names, values, done = self.pending.pop(0)
+        if done is not None:
+            done.synchronize()
+        read = dict(zip(names, values.tolist()))
+        row = {"step": step, "loss": read.pop("loss"), "cos_k": read.pop("cos_k"), "dead": read.pop("dead"),
+               "seconds": time.perf_counter() - self.t0, **read}
+        self.rows.append(row)
+        self.bar.set_postfix(loss=f"{row['loss']:.4f}", cos=f"{row['cos_k']:.3f}", dead=f"{row['dead']:.1%}")
+
+    def flush(self) -> None:
+        while self.pending:
+            self.read()

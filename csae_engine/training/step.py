@@ -70,7 +70,8 @@ def train_step(model: TopKSAE, optimizer: torch.optim.Optimizer, x: torch.Tensor
     with autocast(x.device):
         loss, cos_k, indices, values, x_hat = model(x)
         terms = {}
-        if aux_k and dead is not None and dead.any():
+        # the dense path never asks the device whether a latent is dead: its AuxK is 0 when none is
+        if aux_k and dead is not None and (model.uses_dense_step(x.device) or dead.any()):
             terms["aux"] = model.aux_loss(x, x_hat, dead, aux_k)
             loss = loss + aux_weight * terms["aux"]
         if pairs is not None:
