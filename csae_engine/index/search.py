@@ -88,7 +88,7 @@ def search_segments(segments: tuple, masks: list, Q: np.ndarray, params: SearchP
     if params.scans_all:
         results = [seg.index.scan(P, min(top_k, seg.n), num_threads, mask) for seg, mask in live]
     else:
-        q_idx, q_val = queries.codes(Q, params.query_terms)
+        q_idx, q_val = queries.codes(Q, params.query_terms, num_threads)
         results = [seg.index.search(q_idx, q_val, min(n_sparse, seg.n), num_threads, mask) for seg, mask in live]
         if params.mode == "dense":
             results = [seg.index.rerank(P, rows, min(top_k, seg.n), num_threads)

@@ -128,7 +128,7 @@ class TopKSAE(torch.nn.Module, abc.ABC):
                 "d": self.d, "h": self.h, "k": self.k}
 
     # torch-level ops (used by training and by the engine)
-    def _encoder_bias(self) -> torch.Tensor:
+    def encoder_bias(self) -> torch.Tensor:
         """b with z = x @ W_enc + b."""
         return self.b_enc
 
@@ -147,7 +147,7 @@ class TopKSAE(torch.nn.Module, abc.ABC):
         tuple of torch.Tensor
             indices (B, k) int64 and values (B, k), strongest first.
         """
-        return kernels.topk_encode(x, self.W_enc, self._encoder_bias(), self.k if k is None else k,
+        return kernels.topk_encode(x, self.W_enc, self.encoder_bias(), self.k if k is None else k,
                                    backend=self.backend, nonneg=not self.signed)
 
     def _decode_latents(self, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -223,7 +223,7 @@ class TopKSAE(torch.nn.Module, abc.ABC):
         dead_ids = dead.nonzero().squeeze(1)
         if aux_k <= 0 or dead_ids.numel() == 0:
             return x.new_zeros(())
-        idx, val = kernels.topk_encode(x, self.W_enc[:, dead_ids], self._encoder_bias()[dead_ids],
+        idx, val = kernels.topk_encode(x, self.W_enc[:, dead_ids], self.encoder_bias()[dead_ids],
                                        min(aux_k, dead_ids.numel()), backend=self.backend, nonneg=not self.signed)
         target, scale = self._residual(x.float(), x_hat.detach().float())
         e_hat = self._decode_latents(dead_ids[idx], val).float()
