@@ -566,6 +566,24 @@ py::tuple encode_queries(const py::array& queries, const py::array& weights, con
     return py::make_tuple(idx, val);
 }
 
+py::array_t<float> project_queries(const py::array& queries, const py::array& weights, int num_threads) {
+    if (queries.ndim() != 2) throw std::invalid_argument("queries must be 2-D (nq, d)");
+    if (weights.ndim() != 2) throw std::invalid_argument("weights must be 2-D (h, d)");
+    const float* Q = exact<float>(queries, "queries");
+    const float* W = exact<float>(weights, "weights");
+    const size_t nq = queries.shape(0), d = queries.shape(1), h = weights.shape(0);
+    if (static_cast<size_t>(weights.shape(1)) != d)
+        throw std::invalid_argument("weights have d=" + std::to_string(weights.shape(1)) + ", queries d=" +
+                                    std::to_string(d));
+    py::array_t<float> out(std::vector<size_t>{nq, h});
+    float* op = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        csae::project_queries(Q, nq, d, W, h, op, num_threads);
+    }
+    return out;
+}
+
 // ---- SegmentIndex ----
 
 // One index segment: its windowed postings and forward codes, checked once, then searched, reranked, scanned and
@@ -708,6 +726,9 @@ Returns
 indices : (nq, k) int64
 values : (nq, k) float32
 )doc");
+    m.def("project_queries", &project_queries, py::arg("queries"), py::arg("weights"), py::arg("num_threads") = 1,
+          "weights (h, d) @ q for each row q of queries (nq, d), both float32 C-contiguous: (nq, h) float32.\n"
+          "Blocks of 4 queries share one pass over weights; blocks run in parallel (-1: all cores).");
     m.def("build_windowed", &build_windowed, py::arg("indices"), py::arg("values"), py::arg("keep"), py::arg("h"),
           py::arg("window_bits") = 16, py::arg("num_threads") = -1,
           "The windowed inverted index of (n, k) codes: (offsets (n_windows*h+1,) int64, local ids uint16, values).\n"

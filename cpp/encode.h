@@ -64,6 +64,22 @@ void dense_codes(const float* W, const float* q, size_t d, size_t h, float* z) {
     for (; j < h; ++j) dot_block<1, B>(W, q, d, h, j, z);
 }
 
+// z (nq, h) = Q (nq, d) W^T for any nq: blocks of ENCODE_BLOCK queries in parallel (dense mode's projections).
+inline void project_queries(const float* Q, size_t nq, size_t d, const float* W, size_t h, float* z, int num_threads) {
+    const size_t blocks = (nq + ENCODE_BLOCK - 1) / ENCODE_BLOCK;
+    parallel_for(blocks, num_threads, [&](size_t blk, int) {
+        const size_t first = blk * ENCODE_BLOCK, B = std::min(ENCODE_BLOCK, nq - first);
+        const float* q = Q + first * d;
+        float* out = z + first * h;
+        switch (B) {
+            case 1: dense_codes<1>(W, q, d, h, out); break;
+            case 2: dense_codes<2>(W, q, d, h, out); break;
+            case 3: dense_codes<3>(W, q, d, h, out); break;
+            default: dense_codes<4>(W, q, d, h, out); break;
+        }
+    });
+}
+
 // The k strongest entries of z (h,) plus bias b (may be null): signed, the k largest |z| with their signs; nonneg,
 // the k largest z with ReLU. Strongest first, ties to the smaller latent; values scaled to unit norm (all zero
 // when every value is 0).

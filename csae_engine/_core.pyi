@@ -23,6 +23,10 @@ def encode_queries(queries: NDArray[np.float32], weights: NDArray[np.float32], b
     """Sparse codes of queries (nq, d): the k strongest entries of z = weights (h, d) @ q + bias, strongest first
     (signed: largest |z|; nonneg: largest z, ReLU'd), values of unit norm; (indices (nq, k), values (nq, k))."""
 
+def project_queries(queries: NDArray[np.float32], weights: NDArray[np.float32],
+                    num_threads: int = 1) -> NDArray[np.float32]:
+    """weights (h, d) @ q for each row q of queries (nq, d): (nq, h) float32."""
+
 class SegmentIndex:
     """One index segment: windowed posting lists and forward codes, checked once, then queried.
 

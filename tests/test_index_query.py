@@ -90,6 +90,20 @@ def test_the_encoder_is_copied_once():
     assert not np.array_equal(QueryEncoder(model, K).codes(Q)[0], first[0])
 
 
+@pytest.mark.parametrize("kind", MODELS)
+def test_projections_of_small_and_large_batches_are_w_dec_q(kind):
+    model = MODELS[kind]().eval()
+    Q = query_rows(model, unit(np.random.default_rng(10), SMALL_BATCH + 1, D))
+    with torch.no_grad():
+        W = model.W_dec.detach().numpy().astype(np.float64)
+        b = model.decoder_bias
+    ref = Q @ W.T if b is None else np.c_[Q @ W.T, Q @ b.detach().numpy().astype(np.float64)]
+    encoder = QueryEncoder(model, K)
+    small = np.concatenate([encoder.projections(Q[s:s + 6], num_threads=2) for s in range(0, len(Q), 6)])
+    np.testing.assert_allclose(small, ref, atol=1e-5)
+    np.testing.assert_allclose(encoder.projections(Q), ref, atol=1e-5)  # over SMALL_BATCH: torch
+
+
 @pytest.fixture(scope="module")
 def engine():
     model = ce.CompresSAE(32, 256, 8, seed=1)

@@ -79,18 +79,23 @@ class QueryEncoder:
         return _core.encode_queries(np.ascontiguousarray(Q, np.float32), W, b, self.k, not self.model.signed,
                                     num_threads)
 
-    def projections(self, Q: np.ndarray) -> np.ndarray:
+    def projections(self, Q: np.ndarray, num_threads: int = -1) -> np.ndarray:
         """p = W_dec q for each unit query: (nq, h) float32; with a decoder bias b, one more column q . b; with a
-        residual quantizer, its tables (ResidualQuantizer.tables) after them."""
+        residual quantizer, its tables (ResidualQuantizer.tables) after them. Up to SMALL_BATCH queries on the CPU:
+        one C++ call (no torch threads); else torch."""
         with torch.no_grad():
             if self._decoder is None:  # a tied decoder is a fresh transpose copy: make it once, not per search
-                W = self.model.W_dec.float()
+                W = self.model.W_dec.detach().float()
                 b = self.model.decoder_bias
-                self._decoder = (W if b is None else torch.cat([W, b.float()[None]])).contiguous()
+                self._decoder = (W if b is None else torch.cat([W, b.detach().float()[None]])).contiguous()
             W = self._decoder
-            if self.residual is None:
-                return (torch.from_numpy(Q).to(W.device) @ W.T).cpu().numpy()
-            P = np.empty((len(Q), len(W) + self.residual.m * CENTROIDS), np.float32)
-            P[:, :len(W)] = (torch.from_numpy(Q).to(W.device) @ W.T).cpu().numpy()
+            if len(Q) <= SMALL_BATCH and W.device.type == "cpu":
+                proj = _core.project_queries(np.ascontiguousarray(Q, np.float32), W.numpy(), num_threads)
+            else:
+                proj = (torch.from_numpy(Q).to(W.device) @ W.T).cpu().numpy()
+        if self.residual is None:
+            return proj
+        P = np.empty((len(Q), len(W) + self.residual.m * CENTROIDS), np.float32)
+        P[:, :len(W)] = proj
         self.residual.tables(Q, out=P[:, len(W):])
         return P
