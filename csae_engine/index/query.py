@@ -40,8 +40,8 @@ def query_codes(model, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 class QueryEncoder:
-    """Encodes unit query rows for one model; keeps the encoder (small batches) and the decoder (dense mode) as
-    float32 copies made on first use, so the model must not change afterwards (nor may the index's codes).
+    """Encodes unit query rows for one model; keeps a float32 copy of the encoder (small batches) and the decoder
+    matrix (dense mode), made on first use: the model must not change afterwards (nor may the index's codes).
 
     Parameters
     ----------
