@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "clusters.h"
+#include "encode.h"
 #include "ef.h"
 #include "half.h"
 #include "index.h"
@@ -658,6 +659,57 @@ py::array_t<int32_t> assign_clusters(const py::array& indices_in, const FloatArr
     return out;
 }
 
+// ---- query encoding ----
+
+py::tuple encode_queries(const py::array& queries, const py::array& weights, const py::object& bias, int64_t k,
+                         bool nonneg, int num_threads) {
+    if (queries.ndim() != 2) throw std::invalid_argument("queries must be 2-D (nq, d)");
+    if (weights.ndim() != 2) throw std::invalid_argument("weights must be 2-D (h, d)");
+    const float* Q = exact<float>(queries, "queries");
+    const float* W = exact<float>(weights, "weights");
+    const size_t nq = queries.shape(0), d = queries.shape(1), h = weights.shape(0);
+    if (static_cast<size_t>(weights.shape(1)) != d)
+        throw std::invalid_argument("weights have d=" + std::to_string(weights.shape(1)) + ", queries d=" +
+                                    std::to_string(d));
+    if (k < 1 || static_cast<size_t>(k) > h)
+        throw std::invalid_argument("k must be in 1..h=" + std::to_string(h) + ", got " + std::to_string(k));
+    const float* b = nullptr;
+    if (!bias.is_none()) {
+        if (!py::isinstance<py::array>(bias)) throw std::invalid_argument("bias must be None or an (h,) array");
+        py::array ba = py::reinterpret_borrow<py::array>(bias);
+        if (ba.ndim() != 1 || static_cast<size_t>(ba.shape(0)) != h)
+            throw std::invalid_argument("bias must have shape (h,), h=" + std::to_string(h));
+        b = exact<float>(ba, "bias");
+    }
+    py::array_t<int64_t> idx(std::vector<size_t>{nq, static_cast<size_t>(k)});
+    py::array_t<float> val(std::vector<size_t>{nq, static_cast<size_t>(k)});
+    int64_t* ip = idx.mutable_data();
+    float* vp = val.mutable_data();
+    {
+        py::gil_scoped_release release;
+        csae::encode_queries(Q, nq, d, W, b, h, static_cast<size_t>(k), nonneg, ip, vp, num_threads);
+    }
+    return py::make_tuple(idx, val);
+}
+
+py::array_t<float> project_queries(const py::array& queries, const py::array& weights, int num_threads) {
+    if (queries.ndim() != 2) throw std::invalid_argument("queries must be 2-D (nq, d)");
+    if (weights.ndim() != 2) throw std::invalid_argument("weights must be 2-D (h, d)");
+    const float* Q = exact<float>(queries, "queries");
+    const float* W = exact<float>(weights, "weights");
+    const size_t nq = queries.shape(0), d = queries.shape(1), h = weights.shape(0);
+    if (static_cast<size_t>(weights.shape(1)) != d)
+        throw std::invalid_argument("weights have d=" + std::to_string(weights.shape(1)) + ", queries d=" +
+                                    std::to_string(d));
+    py::array_t<float> out(std::vector<size_t>{nq, h});
+    float* op = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        csae::project_queries(Q, nq, d, W, h, op, num_threads);
+    }
+    return out;
+}
+
 // ---- SegmentIndex ----
 
 // One index segment: its windowed postings and forward codes, checked once, then searched, reranked, scanned and
@@ -800,6 +852,32 @@ PYBIND11_MODULE(_core, m) {
           py::arg("num_threads") = -1,
           "Inverted lists of (n, k) codes: (offsets (h+1,) int64, item ids (n*k,) uint32, values (n*k,)).\n"
           "Items in each list are in increasing order; values keep their dtype (float16 or float32).");
+    m.def("encode_queries", &encode_queries, py::arg("queries"), py::arg("weights"), py::arg("bias"), py::arg("k"),
+          py::arg("nonneg") = false, py::arg("num_threads") = 1, R"doc(
+Sparse codes of queries: the k strongest entries of z = weights @ q + bias, values scaled to unit norm.
+
+Parameters
+----------
+queries : (nq, d) float32, C-contiguous
+weights : (h, d) float32, C-contiguous
+    The encoder, one row per latent (W_enc transposed).
+bias : None or (h,) float32
+k : int
+    1..h.
+nonneg : bool, default False
+    False: the k largest |z| with their signs, by |z| descending. True: the k largest z with ReLU applied, by z
+    descending (a row with no positive z comes out all zeros). Ties go to the smaller latent.
+num_threads : int, default 1
+    Blocks of 4 queries share one pass over weights; blocks run in parallel (-1: all cores).
+
+Returns
+-------
+indices : (nq, k) int64
+values : (nq, k) float32
+)doc");
+    m.def("project_queries", &project_queries, py::arg("queries"), py::arg("weights"), py::arg("num_threads") = 1,
+          "weights (h, d) @ q for each row q of queries (nq, d), both float32 C-contiguous: (nq, h) float32.\n"
+          "Blocks of 4 queries share one pass over weights; blocks run in parallel (-1: all cores).");
     m.def("build_windowed", &build_windowed, py::arg("indices"), py::arg("values"), py::arg("keep"), py::arg("h"),
           py::arg("window_bits") = 16, py::arg("num_threads") = -1,
           "The windowed inverted index of (n, k) codes: (offsets (n_windows*h+1,) int64, local ids uint16, values).\n"

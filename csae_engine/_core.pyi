@@ -25,6 +25,15 @@ def build_windowed(indices: NDArray[np.integer], values: NDArray[np.float16 | np
                    num_threads: int = -1) -> tuple[NDArray[np.int64], NDArray[np.uint16], NDArray]:
     """The windowed index of (n, k) codes: (offsets (n_windows*h+1,) int64, local ids uint16, values); keep: (n, k) mask."""
 
+def encode_queries(queries: NDArray[np.float32], weights: NDArray[np.float32], bias: NDArray[np.float32] | None,
+                   k: int, nonneg: bool = False, num_threads: int = 1) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    """Sparse codes of queries (nq, d): the k strongest entries of z = weights (h, d) @ q + bias, strongest first
+    (signed: largest |z|; nonneg: largest z, ReLU'd), values of unit norm; (indices (nq, k), values (nq, k))."""
+
+def project_queries(queries: NDArray[np.float32], weights: NDArray[np.float32],
+                    num_threads: int = 1) -> NDArray[np.float32]:
+    """weights (h, d) @ q for each row q of queries (nq, d): (nq, h) float32."""
+
 class SegmentIndex:
     """One index segment: windowed posting lists and forward codes, checked once, then queried.
 

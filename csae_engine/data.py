@@ -99,17 +99,14 @@ def as_matrix(X, name: str = "X") -> np.ndarray:
 
 def unit_rows(batch: np.ndarray, first_row: int = 0, name: str = "X") -> np.ndarray:
     """float32 copy of batch with unit-norm rows; a NaN, Inf or zero row is an error naming its row in the whole array."""
-    out = np.asarray(batch, dtype=np.float32)
-    if out is batch:
-        out = out.copy()
-    finite = np.isfinite(out).all(axis=1)
-    if not finite.all():
-        row = first_row + int(np.argmin(finite))
-        raise ValueError(f"{name} row {row} holds NaN or Inf")
+    out = np.array(batch, dtype=np.float32)
     norms = np.linalg.norm(out, axis=1)
-    if not (norms > 0).all():
-        row = first_row + int(np.argmin(norms > 0))
-        raise ValueError(f"{name} row {row} is all zeros and has no direction")
+    if not (np.isfinite(norms).all() and (norms > 0).all()):  # only then look for the row: NaN/Inf make the norm so
+        finite = np.isfinite(out).all(axis=1)
+        if not finite.all():
+            raise ValueError(f"{name} row {first_row + int(np.argmin(finite))} holds NaN or Inf")
+        if not (norms > 0).all():
+            raise ValueError(f"{name} row {first_row + int(np.argmin(norms > 0))} is all zeros and has no direction")
     out /= norms[:, None]
     return out
 

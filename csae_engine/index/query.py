@@ -1,11 +1,20 @@
-"""What a query needs from the model: its sparse code (sparse mode) and its projection p = W_dec q (dense mode)."""
+"""What a query needs from the model: its sparse code (sparse mode) and its projection p = W_dec q (dense mode).
+
+A batch of up to SMALL_BATCH queries is encoded in one C++ call (cpp/encode.h) on float32 copies of the encoder
+made once: no torch, no autograd. Larger batches go through the model's torch path, whose GEMM is faster there.
+"""
 import numpy as np
 import torch
 
+from .. import _core
 from ..data import unit_rows
 from ..residual import CENTROIDS
 
-__all__ = ["query_rows", "query_codes", "QueryEncoder"]
+__all__ = ["SMALL_BATCH", "query_rows", "query_codes", "QueryEncoder"]
+
+# Queries the C++ encoder takes at once; from about 64 on, torch's GEMM takes less per query (the crossover table
+# of benchmarks/query_path.py)
+SMALL_BATCH = 64
 
 
 def query_rows(model, Q) -> np.ndarray:
@@ -22,16 +31,17 @@ def query_codes(model, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     values : (nq, k) float32, each row of unit norm; a code with no non-zero value (possible for CSR) stays all
         zeros and scores 0 everywhere.
     """
-    with torch.no_grad():
+    with torch.inference_mode():
         idx, val = model.encode_tensor(torch.from_numpy(Q).to(model.device), k)
-    val = val.float()
-    norms = val.norm(dim=1, keepdim=True)
-    val = torch.where(norms > 0, val / norms.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(val))
-    return idx.cpu().numpy().astype(np.int64), val.cpu().numpy()
+        val = val.float()
+        norms = val.norm(dim=1, keepdim=True)
+        val = torch.where(norms > 0, val / norms.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(val))
+    return idx.cpu().numpy().astype(np.int64, copy=False), val.cpu().numpy()
 
 
 class QueryEncoder:
-    """Encodes unit query rows for one model; keeps the decoder matrix dense mode multiplies by, made once.
+    """Encodes unit query rows for one model; keeps a float32 copy of the encoder (small batches) and the decoder
+    matrix (dense mode), made on first use: the model must not change afterwards (nor may the index's codes).
 
     Parameters
     ----------
@@ -45,26 +55,47 @@ class QueryEncoder:
     def __init__(self, model, k: int, residual=None):
         self.model, self.k, self.residual = model, k, residual
         self._decoder = None  # (h [+ 1], d) float32
+        self._encoder = None  # (W_enc.T (h, d), encoder bias (h,)) float32 numpy
 
-    def codes(self, Q: np.ndarray, terms: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """The strongest ``terms`` (default k) entries of each query's code: C-contiguous (indices, values)."""
-        idx, val = query_codes(self.model, Q, self.k)
+    def codes(self, Q: np.ndarray, terms: int | None = None, num_threads: int = -1) -> tuple[np.ndarray, np.ndarray]:
+        """The strongest ``terms`` (default k) entries of each query's code, as query_codes gives them:
+        C-contiguous (indices (nq, terms) int64, values (nq, terms) float32 of unit norm)."""
+        if len(Q) <= SMALL_BATCH:
+            idx, val = self.small_codes(Q, num_threads)
+        else:
+            idx, val = query_codes(self.model, Q, self.k)
         if terms is not None and terms < self.k:
             idx, val = np.ascontiguousarray(idx[:, :terms]), np.ascontiguousarray(val[:, :terms])
         return idx, val
 
-    def projections(self, Q: np.ndarray) -> np.ndarray:
+    def small_codes(self, Q: np.ndarray, num_threads: int = -1) -> tuple[np.ndarray, np.ndarray]:
+        """query_codes(model, Q, k) in one C++ call (cpp/encode.h) on float32 copies of the encoder, made once: the
+        path of batches up to SMALL_BATCH queries (any size works)."""
+        if self._encoder is None:
+            with torch.no_grad():
+                self._encoder = (self.model.W_enc.detach().T.to("cpu", torch.float32).contiguous().numpy(),
+                                 self.model.encoder_bias().detach().to("cpu", torch.float32).numpy().copy())
+        W, b = self._encoder
+        return _core.encode_queries(np.ascontiguousarray(Q, np.float32), W, b, self.k, not self.model.signed,
+                                    num_threads)
+
+    def projections(self, Q: np.ndarray, num_threads: int = -1) -> np.ndarray:
         """p = W_dec q for each unit query: (nq, h) float32; with a decoder bias b, one more column q . b; with a
-        residual quantizer, its tables (ResidualQuantizer.tables) after them."""
+        residual quantizer, its tables (ResidualQuantizer.tables) after them. Up to SMALL_BATCH queries on the CPU:
+        one C++ call (no torch threads); else torch."""
         with torch.no_grad():
             if self._decoder is None:  # a tied decoder is a fresh transpose copy: make it once, not per search
-                W = self.model.W_dec.float()
+                W = self.model.W_dec.detach().float()
                 b = self.model.decoder_bias
-                self._decoder = (W if b is None else torch.cat([W, b.float()[None]])).contiguous()
+                self._decoder = (W if b is None else torch.cat([W, b.detach().float()[None]])).contiguous()
             W = self._decoder
-            if self.residual is None:
-                return (torch.from_numpy(Q).to(W.device) @ W.T).cpu().numpy()
-            P = np.empty((len(Q), len(W) + self.residual.m * CENTROIDS), np.float32)
-            P[:, :len(W)] = (torch.from_numpy(Q).to(W.device) @ W.T).cpu().numpy()
+            if len(Q) <= SMALL_BATCH and W.device.type == "cpu":
+                proj = _core.project_queries(np.ascontiguousarray(Q, np.float32), W.numpy(), num_threads)
+            else:
+                proj = (torch.from_numpy(Q).to(W.device) @ W.T).cpu().numpy()
+        if self.residual is None:
+            return proj
+        P = np.empty((len(Q), len(W) + self.residual.m * CENTROIDS), np.float32)
+        P[:, :len(W)] = proj
         self.residual.tables(Q, out=P[:, len(W):])
         return P

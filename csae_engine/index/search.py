@@ -99,11 +99,11 @@ def search_segments(segments: tuple, masks: list, Q: np.ndarray, params: SearchP
     n = sum(seg.n_live for seg in segments)
     top_k, n_sparse = params.top_k, params.sparse_top(n)
     live = [(seg, mask) for seg, mask in zip(segments, masks) if seg.n_live > 0]
-    P = queries.projections(Q) if params.mode == "dense" else None
+    P = queries.projections(Q, num_threads) if params.mode == "dense" else None
     if params.scans_all:
         results = [seg.index.scan(P, min(top_k, seg.n), num_threads, mask) for seg, mask in live]
     else:
-        q_idx, q_val = queries.codes(Q, params.query_terms)
+        q_idx, q_val = queries.codes(Q, params.query_terms, num_threads)
         probe = 1.0 if params.probe is None else float(params.probe)
         results = [seg.index.search(q_idx, q_val, min(n_sparse, seg.n), num_threads, mask,
                                     probe if seg.clustered else 1.0, min(n_sparse, seg.n)) for seg, mask in live]

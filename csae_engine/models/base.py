@@ -104,7 +104,7 @@ class TopKSAE(TrainingLosses, torch.nn.Module, abc.ABC):
                 "d": self.d, "h": self.h, "k": self.k}
 
     # torch-level ops (used by training and by the engine)
-    def _encoder_bias(self) -> torch.Tensor:
+    def encoder_bias(self) -> torch.Tensor:
         """b with z = x @ W_enc + b."""
         return self.b_enc
 
@@ -123,7 +123,7 @@ class TopKSAE(TrainingLosses, torch.nn.Module, abc.ABC):
         tuple of torch.Tensor
             indices (B, k) int64 and values (B, k), strongest first.
         """
-        return kernels.topk_encode(x, self.W_enc, self._encoder_bias(), self.k if k is None else k,
+        return kernels.topk_encode(x, self.W_enc, self.encoder_bias(), self.k if k is None else k,
                                    backend=self.backend, nonneg=not self.signed)
 
     def _decode_latents(self, indices: torch.Tensor, values: torch.Tensor) -> torch.Tensor:

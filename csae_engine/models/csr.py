@@ -67,7 +67,7 @@ class CSRAutoencoder(TopKSAE):
         """TopKSAE.config() plus tied."""
         return {**super().config(), "tied": self._tied}
 
-    def _encoder_bias(self) -> torch.Tensor:
+    def encoder_bias(self) -> torch.Tensor:
         # (x - b_pre) @ W_enc + b_enc, folded into the bias so the TopK op never needs a gradient for x
         return self.b_enc - self.b_pre @ self.W_enc
 

@@ -75,7 +75,7 @@ class TrainingLosses:
         """encode_tensor(x, k) on the step's path: the dense one gives dW_enc as x^T dz, one matmul."""
         if not self.uses_dense_step(x.device):
             return self.encode_tensor(x, k)
-        return self._select(torch.addmm(self._encoder_bias(), x, self.W_enc), k)
+        return self._select(torch.addmm(self.encoder_bias(), x, self.W_enc), k)
 
     def _forward_dense(self, x: torch.Tensor) -> ForwardOutput:
         """TopKSAE.forward on the dense path."""
@@ -122,7 +122,7 @@ class TrainingLosses:
         dead_ids = dead.nonzero().squeeze(1)
         if dead_ids.numel() == 0:
             return x.new_zeros(())
-        idx, val = kernels.topk_encode(x, self.W_enc[:, dead_ids], self._encoder_bias()[dead_ids],
+        idx, val = kernels.topk_encode(x, self.W_enc[:, dead_ids], self.encoder_bias()[dead_ids],
                                        min(aux_k, dead_ids.numel()), backend=self.backend, nonneg=not self.signed)
         target, scale = self._residual(x.float(), x_hat.detach().float())
         e_hat = self._decode_latents(dead_ids[idx], val).float()
@@ -131,7 +131,7 @@ class TrainingLosses:
     def _aux_dense(self, x, x_hat, dead, aux_k):
         """aux_loss without a host sync: alive latents are zeroed in z, so they can only fill the top aux_k with
         zeros (contributing nothing, as when fewer than aux_k latents are dead)."""
-        z = torch.addmm(self._encoder_bias(), x, self.W_enc).masked_fill(~dead, 0)
+        z = torch.addmm(self.encoder_bias(), x, self.W_enc).masked_fill(~dead, 0)
         idx, val = self._select(z, aux_k)
         e_hat = torch.zeros_like(z).scatter(1, idx, val) @ self.W_dec
         target, scale = self._residual(x.float(), x_hat.detach().float())
