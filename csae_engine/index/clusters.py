@@ -9,10 +9,8 @@ import scipy.sparse as sp
 
 from .. import _core
 
-__all__ = ["DEFAULT_CLUSTER_SIZE", "CENTROID_TERMS", "SAMPLE_PER_CLUSTER", "Clusters", "cluster_codes",
-           "clusters_for"]
+__all__ = ["CENTROID_TERMS", "SAMPLE_PER_CLUSTER", "Clusters", "cluster_codes", "clusters_for"]
 
-DEFAULT_CLUSTER_SIZE = 128  # items per cluster when build(clusters=True)
 CENTROID_TERMS = 128  # latents each centroid keeps
 SAMPLE_PER_CLUSTER = 64  # k-means trains on this many items per cluster (at most all items)
 ITERATIONS = 8

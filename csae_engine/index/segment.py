@@ -34,15 +34,29 @@ class Segment:
         (n,) uint8, 0 = deleted; None when every row is live.
     files : dict or None
         name -> (path, sha256, inode) of the files the arrays are mapped from (lets a save link instead of copy).
+    index : SegmentIndex, optional
+        The checked C++ index of these very arrays (a delete keeps it: O(n), not O(postings)); default: made here.
     """
 
     def __init__(self, arrays: dict, config: dict, first_id: int = 0, live: np.ndarray | None = None,
-                 files: dict | None = None):
+                 files: dict | None = None, index=None):
         self.arrays, self.config, self.first_id, self.live = arrays, config, int(first_id), live
         packed = "fwd_packed" in arrays
         self.n = len(arrays["fwd_packed" if packed else "fwd_indices"])
         self.n_live = self.n if live is None else int(np.count_nonzero(live))  # once: searches read it
         self.files = files or {}
+        self.index = index  # given: the SegmentIndex of these very arrays (without_rows), not checked again
+        if index is None:
+            self._make_index()
+        if live is not None and live.shape != (self.n,):
+            raise ValueError(f"live mask has shape {live.shape}, expected ({self.n},)")
+        if "ids" in arrays and arrays["ids"].shape != (self.n,):
+            raise ValueError(f"ids have shape {arrays['ids'].shape}, expected ({self.n},)")
+        self._lookup = None
+
+    def _make_index(self) -> None:
+        """The SegmentIndex over the arrays, checked (O(postings)); with clusters, their layout too."""
+        arrays, config, packed = self.arrays, self.config, "fwd_packed" in self.arrays
         postings = (arrays["offsets"], arrays["local_ids"], arrays["post_values"])
         h, window_bits = config["h"], config["window_bits"]
         if packed:
@@ -55,11 +69,6 @@ class Segment:
                                             window_bits)
         if "cluster_rows" in arrays:
             self.index = self.index.with_clusters(*(arrays[name] for name in CLUSTER_ARRAYS))
-        if live is not None and live.shape != (self.n,):
-            raise ValueError(f"live mask has shape {live.shape}, expected ({self.n},)")
-        if "ids" in arrays and arrays["ids"].shape != (self.n,):
-            raise ValueError(f"ids have shape {arrays['ids'].shape}, expected ({self.n},)")
-        self._lookup = None
 
     @property
     def clustered(self) -> bool:
@@ -102,7 +111,7 @@ class Segment:
             return self
         live = np.ones(self.n, np.uint8) if self.live is None else self.live.copy()
         live[rows] = 0
-        return Segment(self.arrays, self.config, self.first_id, live, self.files)
+        return Segment(self.arrays, self.config, self.first_id, live, self.files, self.index)
 
     def live_rows(self) -> np.ndarray:
         return np.arange(self.n) if self.live is None else np.flatnonzero(self.live)
