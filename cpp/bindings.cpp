@@ -473,26 +473,6 @@ using ForwardStore = std::variant<ForwardArrays, PackedArrays>;
 
 // ---- queries, shared by SegmentIndex and the free functions ----
 
-py::tuple sparse_query(const PostingArrays& pa, const Int64Array& q_lat, const FloatArray& q_val, int64_t top_k,
-                       int num_threads, const py::object& allowed_in) {
-    require_2d(q_lat, "query indices");
-    require_2d(q_val, "query values");
-    if (q_lat.shape(0) != q_val.shape(0) || q_lat.shape(1) != q_val.shape(1))
-        throw std::invalid_argument("query indices and values must have the same shape");
-    const size_t nq = q_lat.shape(0), q_len = q_lat.shape(1);
-    Results out(nq, top_k);
-    const uint8_t* allowed = allowed_mask(allowed_in, pa.n);
-    const int64_t* ql = q_lat.data();
-    const float* qv = q_val.data();
-    int64_t* oi = out.ids.mutable_data();
-    float* os = out.scores.mutable_data();
-    {
-        py::gil_scoped_release release;
-        pa.with_view(allowed, [&](const auto& ix) { csae::search(ix, ql, qv, nq, q_len, top_k, oi, os, num_threads); });
-    }
-    return out.tuple();
-}
-
 // Projections (nq, width) as float32; width must cover every forward index (index_bound).
 void check_projections(const FloatArray& P, size_t index_bound) {
     if (P.ndim() != 2) throw std::invalid_argument("projections must be 2-D (nq, h)");
@@ -598,11 +578,11 @@ struct ClusterArrays {
     }
 };
 
-// Approximate sparse search over clusters: each query visits clusters until max(ceil(probe * allowed items),
-// min_items) items are covered.
-py::tuple probe_query(const PostingArrays& pa, const ClusterArrays& ca, const Int64Array& q_lat,
-                      const FloatArray& q_val, int64_t top_k, int num_threads, const py::object& allowed_in,
-                      double probe, int64_t min_items) {
+// Sparse search: exact (ca null), or over clusters, each query visiting clusters until max(ceil(probe * allowed
+// items), min_items) items are covered.
+py::tuple sparse_query(const PostingArrays& pa, const ClusterArrays* ca, const Int64Array& q_lat,
+                       const FloatArray& q_val, int64_t top_k, int num_threads, const py::object& allowed_in,
+                       double probe, int64_t min_items) {
     require_2d(q_lat, "query indices");
     require_2d(q_val, "query values");
     if (q_lat.shape(0) != q_val.shape(0) || q_lat.shape(1) != q_val.shape(1))
@@ -616,15 +596,19 @@ py::tuple probe_query(const PostingArrays& pa, const ClusterArrays& ca, const In
     float* os = out.scores.mutable_data();
     {
         py::gil_scoped_release release;
-        const std::vector<int64_t> counts = ca.counts(allowed);
-        int64_t total = 0;
-        for (int64_t c : counts) total += c;
-        const int64_t budget = std::max<int64_t>(static_cast<int64_t>(std::ceil(probe * static_cast<double>(total))),
-                                                 min_items);
-        pa.with_view(allowed, [&](const auto& ix) {
-            csae::probe_search(ix, ca.layout, ca.lists, counts.data(), budget, ql, qv, nq, q_len, top_k, oi, os,
-                               num_threads);
-        });
+        if (!ca) {
+            pa.with_view(allowed, [&](const auto& ix) { csae::search(ix, ql, qv, nq, q_len, top_k, oi, os, num_threads); });
+        } else {
+            const std::vector<int64_t> counts = ca->counts(allowed);
+            int64_t total = 0;
+            for (int64_t c : counts) total += c;
+            const int64_t budget = std::max<int64_t>(
+                static_cast<int64_t>(std::ceil(probe * static_cast<double>(total))), min_items);
+            pa.with_view(allowed, [&](const auto& ix) {
+                csae::probe_search(ix, ca->layout, ca->lists, counts.data(), budget, ql, qv, nq, q_len, top_k, oi,
+                                   os, num_threads);
+            });
+        }
     }
     return out.tuple();
 }
@@ -752,9 +736,9 @@ class SegmentIndex {
                      const py::object& allowed, double probe, int64_t min_items) const {
         if (!(probe > 0.0 && probe <= 1.0))
             throw std::invalid_argument("probe must be in (0, 1], got " + std::to_string(probe));
-        if (probe == 1.0) return sparse_query(postings_, q_lat, q_val, top_k, num_threads, allowed);
-        if (!clusters_) throw std::invalid_argument("probe < 1 needs a clustered segment (with_clusters)");
-        return probe_query(postings_, *clusters_, q_lat, q_val, top_k, num_threads, allowed, probe, min_items);
+        if (probe < 1.0 && !clusters_) throw std::invalid_argument("probe < 1 needs a clustered segment (with_clusters)");
+        return sparse_query(postings_, probe < 1.0 ? clusters_.get() : nullptr, q_lat, q_val, top_k, num_threads,
+                            allowed, probe, min_items);
     }
 
     // This segment with routing arrays: its rows are numbered cluster by cluster (clusters.h).

@@ -105,11 +105,19 @@ ClusterLayout make_layout(const IndexView<Value>& ix, const int64_t* cluster_row
     return out;
 }
 
-// Per-thread scratch of the clustered scorer: centroid scores, the cluster order and the pieces chosen.
+// One posting run to add into the accumulator: postings [begin, end) times the query value qv.
+struct Run {
+    int64_t begin, end;
+    float qv;
+};
+
+// Per-thread scratch of the clustered scorer: centroid scores, the cluster order, the pieces chosen and the runs
+// of one window.
 struct ProbeScratch {
     std::vector<float> scores;
     std::vector<uint32_t> order;
     std::vector<int64_t> pieces;
+    std::vector<Run> runs;
 };
 
 inline ProbeScratch& thread_probe_scratch() {
@@ -146,10 +154,13 @@ void choose_pieces(const CentroidLists& cl, const ClusterLayout& layout, const i
     std::sort(s.pieces.begin(), s.pieces.end());
 }
 
-// Scores the chosen pieces (sorted) whose window lies in [w_begin, w_end) into s.top.
+// Scores the chosen pieces (sorted) whose window lies in [w_begin, w_end) into s.top. A window's runs are listed
+// (and their first postings prefetched) before any is added: the runs lie scattered over the lists, and adding each
+// as soon as it is found would wait on memory run by run.
 template <class Value>
 void score_pieces(const IndexView<Value>& ix, const ClusterLayout& layout, const int64_t* q_lat, const float* q_val,
-                  size_t q_len, const std::vector<int64_t>& pieces, size_t w_begin, size_t w_end, Scratch& s) {
+                  size_t q_len, const std::vector<int64_t>& pieces, size_t w_begin, size_t w_end, Scratch& s,
+                  std::vector<Run>& runs) {
     const size_t win = ix.window_size(), W = ix.n_windows(), P = layout.n_pieces;
     if (s.acc.size() != win) s.acc.assign(win, 0.0f);
     float* acc = s.acc.data();
@@ -160,6 +171,7 @@ void score_pieces(const IndexView<Value>& ix, const ClusterLayout& layout, const
         auto group_end = it;
         while (group_end != pieces.end() && layout.window_of(*group_end) == w) ++group_end;
         const int64_t first = static_cast<int64_t>(w * win);
+        runs.clear();
         for (size_t t = 0; t < q_len; ++t) {
             const int64_t lat = q_lat[t], base = ix.offsets[lat * W + w], list_end = ix.offsets[lat * W + w + 1];
             const uint16_t* starts = &layout.piece_starts[lat * P];
@@ -167,9 +179,13 @@ void score_pieces(const IndexView<Value>& ix, const ClusterLayout& layout, const
                 const int64_t begin = base + starts[*p];
                 const bool last = static_cast<size_t>(*p) + 1 == P || layout.window_of(*p + 1) != w;
                 const int64_t end = last ? list_end : base + starts[*p + 1];
-                accumulate(acc, ix.local_ids + begin, ix.values + begin, end - begin, q_val[t]);
+                if (end == begin) continue;
+                __builtin_prefetch(ix.local_ids + begin);
+                __builtin_prefetch(ix.values + begin);
+                runs.push_back({begin, end, q_val[t]});
             }
         }
+        for (const Run& r : runs) accumulate(acc, ix.local_ids + r.begin, ix.values + r.begin, r.end - r.begin, r.qv);
         for (auto p = it; p != group_end; ++p) {
             const int64_t row = layout.piece_rows[*p], len = layout.piece_rows[*p + 1] - row;
             s.top.push_dense_and_clear(acc + (row - first), static_cast<size_t>(len), row,
@@ -200,18 +216,11 @@ void probe_search(const IndexView<Value>& ix, const ClusterLayout& layout, const
         Scratch& s = thread_scratch();
         s.top.reset(top_k);
         score_pieces(ix, layout, q_lat + q * q_len, q_val + q * q_len, q_len, ps.pieces, W * p / parts,
-                     W * (p + 1) / parts, s);
+                     W * (p + 1) / parts, s, ps.runs);
         if (parts == 1) s.top.write_sorted(out_scores + q * top_k, out_ids + q * top_k);
         else s.top.write_sorted(&part_scores[task * top_k], &part_ids[task * top_k]);
     });
-    if (parts == 1) return;
-    TopK merged(top_k);
-    for (size_t q = 0; q < nq; ++q) {
-        merged.reset(top_k);
-        for (size_t i = q * parts * top_k; i < (q + 1) * parts * top_k; ++i)
-            if (part_ids[i] >= 0) merged.push(part_scores[i], part_ids[i]);
-        merged.write_sorted(out_scores + q * top_k, out_ids + q * top_k);
-    }
+    if (parts > 1) merge_parts(part_scores.data(), part_ids.data(), nq, parts, top_k, out_ids, out_scores);
 }
 
 }  // namespace csae

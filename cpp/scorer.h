@@ -49,6 +49,18 @@ void score_windows(const IndexView<Value>& ix, const int64_t* q_lat, const float
     }
 }
 
+// Each query's best top_k over its parts' results (nq * parts lists of top_k, -1 ids unused), best first.
+inline void merge_parts(const float* part_scores, const int64_t* part_ids, size_t nq, size_t parts, size_t top_k,
+                        int64_t* out_ids, float* out_scores) {
+    TopK merged(top_k);
+    for (size_t q = 0; q < nq; ++q) {
+        merged.reset(top_k);
+        for (size_t i = q * parts * top_k; i < (q + 1) * parts * top_k; ++i)
+            if (part_ids[i] >= 0) merged.push(part_scores[i], part_ids[i]);
+        merged.write_sorted(out_scores + q * top_k, out_ids + q * top_k);
+    }
+}
+
 // Queries (nq, q_len) of latent ids and values; writes (nq, top_k) ids and scores, best first.
 // Batches spread queries over threads; a batch smaller than the thread count also splits each query's windows.
 template <class Value>
@@ -79,13 +91,7 @@ void search(const IndexView<Value>& ix, const int64_t* q_lat, const float* q_val
         score_windows(ix, q_lat + q * q_len, q_val + q * q_len, q_len, W * p / parts, W * (p + 1) / parts, s);
         s.top.write_sorted(&part_scores[task * top_k], &part_ids[task * top_k]);
     });
-    TopK merged(top_k);
-    for (size_t q = 0; q < nq; ++q) {
-        merged.reset(top_k);
-        for (size_t i = q * parts * top_k; i < (q + 1) * parts * top_k; ++i)
-            if (part_ids[i] >= 0) merged.push(part_scores[i], part_ids[i]);
-        merged.write_sorted(out_scores + q * top_k, out_ids + q * top_k);
-    }
+    merge_parts(part_scores.data(), part_ids.data(), nq, parts, top_k, out_ids, out_scores);
 }
 
 }  // namespace csae
