@@ -645,16 +645,29 @@ py::array_t<int32_t> assign_clusters(const py::array& indices_in, const FloatArr
 
 // ---- query encoding ----
 
+// Queries (nq, d) and weights (h, d), both C-contiguous float32: checked, with their sizes.
+struct QueryProduct {
+    const float* Q;
+    const float* W;
+    size_t nq, d, h;
+
+    QueryProduct(const py::array& queries, const py::array& weights) {
+        if (queries.ndim() != 2) throw std::invalid_argument("queries must be 2-D (nq, d)");
+        if (weights.ndim() != 2) throw std::invalid_argument("weights must be 2-D (h, d)");
+        Q = exact<float>(queries, "queries");
+        W = exact<float>(weights, "weights");
+        nq = queries.shape(0), d = queries.shape(1), h = weights.shape(0);
+        if (static_cast<size_t>(weights.shape(1)) != d)
+            throw std::invalid_argument("weights have d=" + std::to_string(weights.shape(1)) + ", queries d=" +
+                                        std::to_string(d));
+    }
+};
+
 py::tuple encode_queries(const py::array& queries, const py::array& weights, const py::object& bias, int64_t k,
                          bool nonneg, int num_threads) {
-    if (queries.ndim() != 2) throw std::invalid_argument("queries must be 2-D (nq, d)");
-    if (weights.ndim() != 2) throw std::invalid_argument("weights must be 2-D (h, d)");
-    const float* Q = exact<float>(queries, "queries");
-    const float* W = exact<float>(weights, "weights");
-    const size_t nq = queries.shape(0), d = queries.shape(1), h = weights.shape(0);
-    if (static_cast<size_t>(weights.shape(1)) != d)
-        throw std::invalid_argument("weights have d=" + std::to_string(weights.shape(1)) + ", queries d=" +
-                                    std::to_string(d));
+    const QueryProduct qp(queries, weights);
+    const float *Q = qp.Q, *W = qp.W;
+    const size_t nq = qp.nq, d = qp.d, h = qp.h;
     if (k < 1 || static_cast<size_t>(k) > h)
         throw std::invalid_argument("k must be in 1..h=" + std::to_string(h) + ", got " + std::to_string(k));
     const float* b = nullptr;
@@ -677,14 +690,9 @@ py::tuple encode_queries(const py::array& queries, const py::array& weights, con
 }
 
 py::array_t<float> project_queries(const py::array& queries, const py::array& weights, int num_threads) {
-    if (queries.ndim() != 2) throw std::invalid_argument("queries must be 2-D (nq, d)");
-    if (weights.ndim() != 2) throw std::invalid_argument("weights must be 2-D (h, d)");
-    const float* Q = exact<float>(queries, "queries");
-    const float* W = exact<float>(weights, "weights");
-    const size_t nq = queries.shape(0), d = queries.shape(1), h = weights.shape(0);
-    if (static_cast<size_t>(weights.shape(1)) != d)
-        throw std::invalid_argument("weights have d=" + std::to_string(weights.shape(1)) + ", queries d=" +
-                                    std::to_string(d));
+    const QueryProduct qp(queries, weights);
+    const float *Q = qp.Q, *W = qp.W;
+    const size_t nq = qp.nq, d = qp.d, h = qp.h;
     py::array_t<float> out(std::vector<size_t>{nq, h});
     float* op = out.mutable_data();
     {
