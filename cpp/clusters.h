@@ -209,14 +209,20 @@ void probe_search(const IndexView<Value>& ix, const ClusterLayout& layout, const
     const size_t parts = std::max<size_t>(1, nq >= static_cast<size_t>(threads) ? 1 : std::min(W, (threads + nq - 1) / nq));
     std::vector<float> part_scores(nq * parts * top_k);
     std::vector<int64_t> part_ids(nq * parts * top_k);
+    std::vector<std::vector<int64_t>> routed(parts > 1 ? nq : 0);  // split queries: routed once, not per part
+    parallel_for(routed.size(), threads, [&](size_t q, int) {
+        ProbeScratch& ps = thread_probe_scratch();
+        choose_pieces(cl, layout, counts, budget, q_lat + q * q_len, q_val + q * q_len, q_len, ps);
+        routed[q] = ps.pieces;
+    });
     parallel_for(nq * parts, threads, [&](size_t task, int) {
         const size_t q = task / parts, p = task % parts;
         ProbeScratch& ps = thread_probe_scratch();
-        choose_pieces(cl, layout, counts, budget, q_lat + q * q_len, q_val + q * q_len, q_len, ps);
+        if (parts == 1) choose_pieces(cl, layout, counts, budget, q_lat + q * q_len, q_val + q * q_len, q_len, ps);
         Scratch& s = thread_scratch();
         s.top.reset(top_k);
-        score_pieces(ix, layout, q_lat + q * q_len, q_val + q * q_len, q_len, ps.pieces, W * p / parts,
-                     W * (p + 1) / parts, s, ps.runs);
+        score_pieces(ix, layout, q_lat + q * q_len, q_val + q * q_len, q_len, parts == 1 ? ps.pieces : routed[q],
+                     W * p / parts, W * (p + 1) / parts, s, ps.runs);
         if (parts == 1) s.top.write_sorted(out_scores + q * top_k, out_ids + q * top_k);
         else s.top.write_sorted(&part_scores[task * top_k], &part_ids[task * top_k]);
     });

@@ -43,11 +43,12 @@ def cluster_codes(indices: np.ndarray, values: np.ndarray, h: int, n_clusters: i
     values = np.ascontiguousarray(np.where(norms > 0, values / np.maximum(norms, 1e-30), 0), np.float32)
     rng = np.random.default_rng(seed)
     sample = np.sort(rng.choice(n, min(n, SAMPLE_PER_CLUSTER * n_clusters), replace=False))
-    codes = _as_csr(indices[sample], values[sample], h)
+    sample_idx, sample_val = indices[sample], values[sample]
+    codes = _as_csr(sample_idx, sample_val, h)
     centroids = codes[rng.choice(len(sample), n_clusters, replace=False)]
     for _ in range(iterations):
         lists = centroid_lists(centroids, h)
-        assign = _core.assign_clusters(indices[sample], values[sample], *lists, n_clusters, num_threads)
+        assign = _core.assign_clusters(sample_idx, sample_val, *lists, n_clusters, num_threads)
         members = sp.csr_matrix((np.ones(len(sample), np.float32), (assign, np.arange(len(sample)))),
                                 shape=(n_clusters, len(sample)))
         centroids = (members @ codes).tocsr()
