@@ -35,6 +35,57 @@ def perturbed(base: np.ndarray, n: int, out: Path, noise: float = 0.05, seed: in
     return out
 
 
+def interpolated(base: np.ndarray, n: int, out: Path, partners: int = 10, noise: float = 0.1, seed: int = 0,
+                 chunk: int = 65536) -> Path:
+    """Write an (n, d) float16 .npy of points on the segments between real rows and their near neighbours: item =
+    unit(b + t (b' - b) + noise), b a random real row, b' one of its `partners` nearest real rows (HNSW), t uniform
+    in [0, 1]. Unlike perturbed copies, the true neighbours of a query mostly lie on distinct segments. The segment
+    of each item, (n, 2) int32 (b, b'), goes to out's name with .bases.npy for .npy."""
+    import faiss
+    rng = np.random.default_rng(seed)
+    d = base.shape[1]
+    B = np.ascontiguousarray(base, np.float32)
+    B /= np.linalg.norm(B, axis=1, keepdims=True)
+    graph = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
+    graph.add(B)
+    near = graph.search(B, partners + 1)[1][:, 1:]  # the row itself first
+    near = np.where(near < 0, np.arange(len(B))[:, None], near)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    X = np.lib.format.open_memmap(out, mode="w+", dtype=np.float16, shape=(n, d))
+    segments = np.empty((n, 2), np.int32)
+    for start in range(0, n, chunk):
+        m = min(chunk, n - start)
+        rows = np.sort(rng.integers(0, len(B), m))
+        other = near[rows, rng.integers(0, partners, m)]
+        t = rng.random((m, 1), np.float32)
+        x = B[rows] + t * (B[other] - B[rows]) + rng.standard_normal((m, d), np.float32) * noise / np.sqrt(d)
+        X[start:start + m] = x / np.linalg.norm(x, axis=1, keepdims=True)
+        segments[start:start + m] = np.stack([rows, other], axis=1)
+    X.flush()
+    del X
+    np.save(out.with_name(out.name.removesuffix(".npy") + ".bases.npy"), segments)
+    return out
+
+
+def exact_top(X: np.ndarray, Q: np.ndarray, k: int, chunk: int = 1 << 20) -> np.ndarray:
+    """(len(Q), k) rows of X with the largest inner products with the rows of Q (unit rows), read chunk by chunk, so
+    X may be a memmap larger than memory; ties to the smaller row."""
+    Q = np.ascontiguousarray(Q, np.float32)
+    best_s = np.full((len(Q), k), -np.inf, np.float32)
+    best_i = np.zeros((len(Q), k), np.int64)
+    for start in range(0, len(X), chunk):
+        x = np.asarray(X[start:start + chunk], np.float32)
+        x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-30)
+        s = Q @ x.T
+        part = np.argpartition(-s, min(k, s.shape[1] - 1), axis=1)[:, :k] if s.shape[1] > k else \
+            np.broadcast_to(np.arange(s.shape[1]), (len(Q), s.shape[1]))
+        cand_s = np.concatenate([best_s, np.take_along_axis(s, part, 1)], axis=1)
+        cand_i = np.concatenate([best_i, part + start], axis=1)
+        order = np.lexsort((cand_i, -cand_s), axis=1)[:, :k]
+        best_s, best_i = np.take_along_axis(cand_s, order, 1), np.take_along_axis(cand_i, order, 1)
+    return best_i
+
+
 def peak_rss_mib() -> float:
     """This process's peak RSS since exec (Linux VmHWM; getrusage would also count the parent's pages at fork)."""
     try:

@@ -157,7 +157,7 @@ class Engine:
         return self
 
     def build_codes(self, codes, ids=None, *, prune: float | None = None, shard_size: int | None = None,
-                    index_terms: int | None = None) -> "Engine":
+                    index_terms: int | None = None, cluster_size: int | None = None) -> "Engine":
         """Index SparseCodes or CompactCodes encoded by this engine's model (8-bit codes are indexed as float16);
         the options are build's."""
         if not isinstance(codes, (SparseCodes, CompactCodes)):
@@ -171,12 +171,12 @@ class Engine:
         self._set_config(codes.k, packed, codes.value_bits if packed else None,
                          codes.index_coding if packed else None,
                          np.float16 if packed or codes.quantized else codes.values.dtype,  # 8-bit: as float16
-                         prune, shard_size, index_terms, 0, "forward", "encoder" if packed else None)
+                         prune, shard_size, index_terms, 0, "forward", "encoder" if packed else None, cluster_size)
         step = codes.n if shard_size is None else shard_size
         forward = self._forward(codes)
-        segments = tuple(self._segment({name: arr[s:s + step] for name, arr in forward.items()},
-                                       None if ids is None else ids[s:s + step], first_id=s)
-                         for s in range(0, codes.n, step))
+        segments = tuple(make_segment({name: arr[s:s + step] for name, arr in forward.items()},
+                                      None if ids is None else ids[s:s + step], self.config, self.num_threads, s,
+                                      cluster=True) for s in range(0, codes.n, step))
         self._publish(segments, False)
         return self
 

@@ -189,3 +189,15 @@ def test_probe_needs_a_clustered_index_and_a_sparse_stage(model, data, clustered
         build(model, X[:300], ids[:300], cluster_size=0)
     with pytest.raises(ValueError, match="candidates"):
         clustered.search(Q, 10, "dense", candidates="all", probe=0.5)
+
+
+def test_build_codes_clusters_its_shards_like_build(model, data):
+    X, ids, Q = data
+    engine = ce.Engine(model).build_codes(model.encode(X), ids, cluster_size=50, shard_size=1200)
+    assert [seg.clustered for seg in engine.segments] == [True, True]
+    assert engine.config["cluster_size"] == 50
+    np.testing.assert_array_equal(engine.search(Q, 10, probe=1.0)[0], engine.search(Q, 10)[0])
+    plain = ce.Engine(model).build_codes(model.encode(X), ids, shard_size=1200)
+    np.testing.assert_array_equal(plain.search(Q, 10)[0], engine.search(Q, 10)[0])
+    approx = engine.search(Q, 10, probe=0.2)[0]
+    assert np.mean([len(np.intersect1d(a, e)) / 10 for a, e in zip(approx, plain.search(Q, 10)[0])]) > 0.8
