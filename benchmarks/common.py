@@ -67,10 +67,11 @@ def interpolated(base: np.ndarray, n: int, out: Path, partners: int = 10, noise:
     return out
 
 
-def exact_top(X: np.ndarray, Q: np.ndarray, k: int, chunk: int = 1 << 20) -> np.ndarray:
+def exact_top(X: np.ndarray, Q: np.ndarray, k: int, chunk: int | None = None) -> np.ndarray:
     """(len(Q), k) rows of X with the largest inner products with the rows of Q (unit rows), read chunk by chunk, so
-    X may be a memmap larger than memory; ties to the smaller row."""
+    X may be a memmap larger than memory; ties to the smaller row. Default chunk: 2^26 scores at a time."""
     Q = np.ascontiguousarray(Q, np.float32)
+    chunk = chunk or max(k + 1, (1 << 26) // max(1, len(Q)))
     best_s = np.full((len(Q), k), -np.inf, np.float32)
     best_i = np.zeros((len(Q), k), np.int64)
     for start in range(0, len(X), chunk):
