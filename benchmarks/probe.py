@@ -32,6 +32,7 @@ from .search import CACHE, latencies
 
 PROBES = (1.0, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01)
 NPROBES = (1, 2, 4, 8, 16, 32, 64)
+EF_SEARCHES = (16, 32, 64, 128)
 
 
 def main(argv=None):
@@ -51,7 +52,7 @@ def main(argv=None):
     p.add_argument("--queries", type=int, default=2000, help="queries for recall")
     p.add_argument("--latency-queries", type=int, default=300, help="queries timed one by one")
     p.add_argument("--faiss", nargs="*", default=["IVF1024,PQ64", "IVF1024,RaBitQ"],
-                   help="FAISS index factory strings, nprobe swept (none: skip)")
+                   help="FAISS index factory strings, nprobe (IVF) or efSearch (HNSW) swept (none: skip)")
     p.add_argument("--name", default=None)
     a = p.parse_args(argv)
     if a.noise is None:
@@ -123,7 +124,7 @@ def main(argv=None):
           + ("; `scorer` sums the C++ calls over the shards" if len(indexes) > 1 else "") + "\n\nBuild (seconds, index bytes per item): "
           + ", ".join(f"cluster_size {s}: {b:.0f} s, {nb:.0f} B" for s, (b, nb) in builds.items()) + "\n\n"
           + md_table(rows, cols) + "\n\nFAISS, one thread (bytes per item: codes only, without ids):\n\n"
-          + md_table(peers, ["index", "nprobe", "bytes_per_item", "p50_ms", "p99_ms", "recall_vs_dense", "build_s"]))
+          + md_table(peers, ["index", "knob", "bytes_per_item", "p50_ms", "p99_ms", "recall_vs_dense", "build_s"]))
     print(md)
     name = a.name or f"probe_{data_name}_h{model.h}_k{model.k}" + ("_f16" if a.forward == "float16" else "")
     print("wrote", write_result(name, cfg, {"ours": rows, "faiss": peers}, command, md))
@@ -173,17 +174,23 @@ def _faiss(spec, Xf, Q, gt, nl, faiss):
     t = time.perf_counter()
     index = faiss.index_factory(Xf.shape[1], spec, faiss.METRIC_INNER_PRODUCT)
     faiss.omp_set_num_threads(os.cpu_count())
-    index.train(Xf[np.random.default_rng(0).choice(len(Xf), min(len(Xf), 40 * ivf_lists(spec)), replace=False)])
+    if not spec.startswith("HNSW"):
+        index.train(Xf[np.random.default_rng(0).choice(len(Xf), min(len(Xf), 40 * ivf_lists(spec)),
+                                                        replace=False)])
     index.add(Xf)
     faiss.omp_set_num_threads(1)
     build_s = time.perf_counter() - t
-    ivf = faiss.extract_index_ivf(index)
-    code_bytes = ivf.code_size
+    if spec.startswith("HNSW"):  # float32 vectors and the base level's 2M neighbours of 4 bytes
+        knob, values, set_knob = "efSearch", EF_SEARCHES, lambda v: setattr(index.hnsw, "efSearch", v)
+        code_bytes = 4 * Xf.shape[1] + 4 * index.hnsw.nb_neighbors(0)
+    else:
+        ivf = faiss.extract_index_ivf(index)
+        knob, values, set_knob, code_bytes = "nprobe", NPROBES, lambda v: setattr(ivf, "nprobe", v), ivf.code_size
     out = []
-    for nprobe in NPROBES:
-        ivf.nprobe = nprobe
+    for value in values:
+        set_knob(value)
         found = index.search(Q, 10)[1]
-        out.append({"index": spec, "nprobe": nprobe, "bytes_per_item": code_bytes,
+        out.append({"index": spec, "knob": f"{knob} {value}", "bytes_per_item": code_bytes,
                     **latencies(lambda i: index.search(Q[i:i + 1], 10), nl), "recall_vs_dense": recall(found, gt, 10),
                     "build_s": build_s})
         print(out[-1], flush=True)
