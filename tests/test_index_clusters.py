@@ -52,6 +52,39 @@ def test_a_small_probe_visits_the_best_clusters_only(clustered_segment):
     assert (rows >= 0).all()
 
 
+@pytest.mark.parametrize("min_items", [1, 100, 400])
+def test_probe_scores_exactly_the_best_clusters_until_the_budget(clustered_segment, min_items):
+    seg, clusters, q_idx, q_val = clustered_segment
+    offsets, members, weights = clusters.lists
+    h, C = len(offsets) - 1, len(clusters.cluster_rows) - 1
+    latent_of = np.repeat(np.arange(h), np.diff(offsets))
+    sizes = np.diff(clusters.cluster_rows)
+    for q in range(len(q_idx)):
+        dense_q = np.zeros(h, np.float32)
+        dense_q[q_idx[q]] = q_val[q]
+        scores = np.bincount(members, weights=weights * dense_q[latent_of], minlength=C).astype(np.float32)
+        order = np.lexsort((np.arange(C), -scores))  # best first, ties: the smaller cluster
+        chosen = order[: np.searchsorted(np.cumsum(sizes[order]), min_items) + 1]
+        allowed = np.zeros(seg.n, np.uint8)
+        for c in chosen:
+            allowed[clusters.cluster_rows[c]:clusters.cluster_rows[c + 1]] = 1
+        top = min(10, int(allowed.sum()))
+        expected = seg.search(q_idx[q:q + 1], q_val[q:q + 1], top, 1, allowed)[0]
+        probed = seg.search(q_idx[q:q + 1], q_val[q:q + 1], top, 1, None, 1e-9, min_items)[0]
+        np.testing.assert_array_equal(probed, expected)
+
+
+def test_clusters_of_equal_score_are_visited_smallest_first(clustered_segment):
+    seg, clusters, q_idx, q_val = clustered_segment
+    C = len(clusters.cluster_rows) - 1
+    lists = (np.arange(0, C * (seg.h + 1), C, dtype=np.int64)[: seg.h + 1],
+             np.tile(np.arange(C, dtype=np.uint32), seg.h), np.ones(C * seg.h, np.float32))  # every centroid alike: every score ties
+    tied = seg.with_clusters(clusters.cluster_rows, *lists)
+    rows = tied.search(q_idx, q_val, 3, 1, None, 1e-9, 1)[0]
+    first = clusters.cluster_rows[np.flatnonzero(np.diff(clusters.cluster_rows))[0] + 1]
+    assert (rows < first).all(), "ties must go to the smallest non-empty cluster first"
+
+
 def test_bad_cluster_arrays_and_knobs_are_refused(clustered_segment):
     seg, clusters, q_idx, q_val = clustered_segment
     bad_rows = clusters.cluster_rows.copy()
