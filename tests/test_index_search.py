@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from csae_engine.index.search import DEFAULT_CANDIDATES, SearchParams, merge_top
+from csae_engine.index.search import DEFAULT_CANDIDATES, SearchParams, first_best, merge_top
 
 
 def test_search_params_resolve_the_sparse_stage():
@@ -37,3 +37,15 @@ def test_merge_top_keeps_the_best_and_pads_with_minus_one_and_minus_inf():
     np.testing.assert_array_equal(scores, np.array([[0.9, 0.5, 0.1, -np.inf]], np.float32))
     ids, _ = merge_top([(np.array([[3]]), np.array([[0.2]])), (np.array([[4]]), np.array([[0.2]]))], 1)
     assert ids[0, 0] == 3, "a tie keeps the first part's result"
+
+
+def test_first_best_picks_what_a_stable_descending_sort_picks():
+    rng = np.random.default_rng(5)
+    for _ in range(200):
+        nq, m = int(rng.integers(1, 5)), int(rng.integers(1, 60))
+        scores = rng.integers(0, 6, (nq, m)).astype(np.float32)  # many ties
+        scores[rng.random((nq, m)) < 0.2] = -np.inf  # padding of short results
+        n = int(rng.integers(1, m + 2))
+        expected = np.zeros(scores.shape, bool)
+        np.put_along_axis(expected, np.argsort(-scores, axis=1, kind="stable")[:, :n], True, 1)
+        np.testing.assert_array_equal(first_best(scores, n), expected)
