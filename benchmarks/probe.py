@@ -112,12 +112,12 @@ def main(argv=None):
     for spec in a.faiss:
         peers += _faiss(spec, Xf, Q, gt, nl, faiss)
     cols = ["cluster_size", "clusters", "probe", "scorer", "sparse_p50_ms", "sparse_p99_ms", "sparse_qps_all_cores",
-            "recall_vs_exact_sparse",
-            "sparse_recall_vs_dense", "dense_p50_ms", "dense_p99_ms", "dense_recall_vs_exact_rerank",
-            "dense_recall_vs_dense"]
+            "recall_vs_exact_sparse", "sparse_recall_vs_dense", "dense_p50_ms", "dense_p99_ms",
+            "dense_recall_vs_exact_rerank", "dense_recall_vs_dense"]
     builds = {r["cluster_size"]: (r["build_s"], r["bytes_per_item"]) for r in rows}
     md = (f"{n:,} items ({data_name}), d={X.shape[1]}, h={model.h}, k={model.k}; {nq} queries for recall, {nl} timed "
-          f"one by one on one thread (p50/p99 in ms; `scorer` is the C++ call alone, p50; QPS: all the queries in one call on every core); recall@10"
+          f"one by one on one thread (p50/p99 in ms; `scorer` is the C++ call alone, p50; QPS: all the queries in one "
+          "call on every core); recall@10"
           + (f"; the exact dense top 10 {_of_bases(a)} {cfg['bases_in_top10']:.2f} distinct {_bases_name(a)} on "
              "average" if a.items else "")
           + (f"; {len(indexes)} shards of {a.shard_size:,}" if a.shard_size else "")

@@ -12,8 +12,8 @@
 #pragma once
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <cstdint>
+#include <functional>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -121,7 +121,7 @@ inline void prefetch_range(const T* begin, const T* end) {
 
 // The runs of one window's chosen pieces: pieces [pieces_begin, pieces_end) of the chosen list, runs up to runs_end.
 struct WindowGroup {
-    size_t window, pieces_begin, pieces_end, runs_end;
+    size_t pieces_begin, pieces_end, runs_end;
 };
 
 // Per-thread scratch of the clustered scorer: centroid scores, their rank keys, the pieces chosen, their runs
@@ -139,16 +139,6 @@ inline ProbeScratch& thread_probe_scratch() {
     return scratch;
 }
 
-// Cluster c's place in the routing order as one integer: higher score first, then smaller c. Ranking plain
-// integers (partial_sort, not ids compared through their scores) about halved the routing time at 2k clusters.
-inline uint64_t rank_key(float score, uint32_t c) {
-    score += 0.0f;  // -0 ranks with +0
-    uint32_t bits;
-    std::memcpy(&bits, &score, sizeof bits);
-    const uint32_t ascending = bits ^ ((bits >> 31) ? 0xffffffffu : 0x80000000u);  // float order as unsigned order
-    return (static_cast<uint64_t>(~ascending) << 32) | c;
-}
-
 // The pieces of the clusters a query visits, sorted: clusters by descending centroid score (ties: smaller
 // cluster) until their counts reach budget (counts[c]: the items of cluster c that may be returned). The best
 // `first_batch` clusters are ranked first, then more as the budget needs them.
@@ -158,18 +148,18 @@ void choose_pieces(const CentroidLists& cl, const ClusterLayout& layout, const i
     const size_t C = cl.n_clusters;
     s.scores.resize(C);
     score_centroids(cl, q_lat, q_val, q_len, s.scores.data());
-    s.keys.resize(C);
-    for (size_t c = 0; c < C; ++c) s.keys[c] = rank_key(s.scores[c], static_cast<uint32_t>(c));
+    s.keys.resize(C);  // hit_key orders like the routing: higher score first, then the smaller cluster
+    for (size_t c = 0; c < C; ++c) s.keys[c] = hit_key(s.scores[c] + 0.0f, static_cast<uint32_t>(c));  // -0 as +0
     s.pieces.clear();
     size_t sorted = 0;
     int64_t covered = 0;
     for (size_t at = 0; at < C && covered < budget; ++at) {
         if (at == sorted) {  // rank the next batch of best clusters: as many again as ranked so far
             const size_t want = std::min(C, at == 0 ? first_batch : 2 * at);
-            std::partial_sort(s.keys.begin() + at, s.keys.begin() + want, s.keys.end());
+            std::partial_sort(s.keys.begin() + at, s.keys.begin() + want, s.keys.end(), std::greater<uint64_t>());
             sorted = want;
         }
-        const uint32_t c = static_cast<uint32_t>(s.keys[at]);
+        const size_t c = static_cast<size_t>(key_id(s.keys[at]));
         covered += counts[c];
         for (int64_t p = layout.first_piece[c]; p < layout.first_piece[c + 1]; ++p) s.pieces.push_back(p);
     }
@@ -207,7 +197,7 @@ void score_pieces(const IndexView<Value>& ix, const ClusterLayout& layout, const
                 runs.push_back({begin, end, q_val[t]});
             }
         }
-        groups.push_back({w, at, group_end, runs.size()});
+        groups.push_back({at, group_end, runs.size()});
         at = group_end;
     }
     size_t r = 0;
@@ -215,7 +205,7 @@ void score_pieces(const IndexView<Value>& ix, const ClusterLayout& layout, const
         for (; r < g.runs_end; ++r)
             accumulate(acc, ix.local_ids + runs[r].begin, ix.values + runs[r].begin, runs[r].end - runs[r].begin,
                        runs[r].qv);
-        const int64_t first = static_cast<int64_t>(g.window * win);
+        const int64_t first = static_cast<int64_t>(layout.window_of(pieces[g.pieces_begin]) * win);
         for (size_t i = g.pieces_begin; i < g.pieces_end; ++i) {
             const int64_t row = layout.piece_rows[pieces[i]], len = layout.piece_rows[pieces[i] + 1] - row;
             s.top.push_dense_and_clear(acc + (row - first), static_cast<size_t>(len), row,
@@ -240,8 +230,9 @@ void probe_search(const IndexView<Value>& ix, const ClusterLayout& layout, const
     std::vector<int64_t> part_ids(nq * parts * top_k);
     int64_t total = 0;
     for (size_t c = 0; c < cl.n_clusters; ++c) total += counts[c];
-    const double expected = static_cast<double>(budget) * cl.n_clusters / static_cast<double>(std::max<int64_t>(total, 1));
-    const size_t first_batch = std::max<size_t>(1, static_cast<size_t>(1.5 * expected) + 8);  // clusters per query
+    const double expected =  // clusters a query needs, if they were of mean size
+        static_cast<double>(budget) * cl.n_clusters / static_cast<double>(std::max<int64_t>(total, 1));
+    const size_t first_batch = static_cast<size_t>(1.5 * expected) + 8;
     std::vector<std::vector<int64_t>> routed(parts > 1 ? nq : 0);  // split queries: routed once, not per part
     parallel_for(routed.size(), threads, [&](size_t q, int) {
         ProbeScratch& ps = thread_probe_scratch();
@@ -251,7 +242,8 @@ void probe_search(const IndexView<Value>& ix, const ClusterLayout& layout, const
     parallel_for(nq * parts, threads, [&](size_t task, int) {
         const size_t q = task / parts, p = task % parts;
         ProbeScratch& ps = thread_probe_scratch();
-        if (parts == 1) choose_pieces(cl, layout, counts, budget, first_batch, q_lat + q * q_len, q_val + q * q_len, q_len, ps);
+        if (parts == 1)
+            choose_pieces(cl, layout, counts, budget, first_batch, q_lat + q * q_len, q_val + q * q_len, q_len, ps);
         Scratch& s = thread_scratch();
         s.top.reset(top_k);
         score_pieces(ix, layout, q_lat + q * q_len, q_val + q * q_len, q_len, parts == 1 ? ps.pieces : routed[q],

@@ -77,8 +77,8 @@ def test_probe_scores_exactly_the_best_clusters_until_the_budget(clustered_segme
 def test_clusters_of_equal_score_are_visited_smallest_first(clustered_segment):
     seg, clusters, q_idx, q_val = clustered_segment
     C = len(clusters.cluster_rows) - 1
-    lists = (np.arange(0, C * (seg.h + 1), C, dtype=np.int64)[: seg.h + 1],
-             np.tile(np.arange(C, dtype=np.uint32), seg.h), np.ones(C * seg.h, np.float32))  # every centroid alike: every score ties
+    lists = (np.arange(0, C * (seg.h + 1), C, dtype=np.int64)[: seg.h + 1],  # every centroid alike: every score ties
+             np.tile(np.arange(C, dtype=np.uint32), seg.h), np.ones(C * seg.h, np.float32))
     tied = seg.with_clusters(clusters.cluster_rows, *lists)
     rows = tied.search(q_idx, q_val, 3, 1, None, 1e-9, 1)[0]
     first = clusters.cluster_rows[np.flatnonzero(np.diff(clusters.cluster_rows))[0] + 1]

@@ -13,7 +13,8 @@ from ..utils import positive_int
 from .query import QueryEncoder
 from .segment import as_id_array
 
-__all__ = ["MODES", "DEFAULT_CANDIDATES", "SearchParams", "search_segments", "allowed_masks", "first_best", "merge_top"]
+__all__ = ["MODES", "DEFAULT_CANDIDATES", "SearchParams", "search_segments", "allowed_masks", "first_best",
+           "merge_top"]
 
 MODES = ("sparse", "dense")
 # WordNet/MiniLM, 128 B codes: reranking 1,000 sparse candidates comes within 0.014 of scanning every item, 100
