@@ -613,6 +613,27 @@ py::tuple sparse_query(const PostingArrays& pa, const ClusterArrays* ca, const I
     return out.tuple();
 }
 
+// Sparse centroid lists as index/clusters.py stores them, checked against n_clusters: offsets (h + 1,) int64,
+// clusters uint32, weights float32.
+csae::CentroidLists centroid_lists(const py::array& offsets_in, const py::array& clusters_in,
+                                   const py::array& weights_in, int64_t n_clusters, const char* what) {
+    for (const py::array* a : {&offsets_in, &clusters_in, &weights_in}) require_1d(*a, what);
+    if (offsets_in.shape(0) < 1) throw std::invalid_argument(std::string(what) + ": offsets need h + 1 entries");
+    const int64_t* off = exact<int64_t>(offsets_in, what);
+    const uint32_t* cl = exact<uint32_t>(clusters_in, what);
+    const float* wt = exact<float>(weights_in, what);
+    if (n_clusters <= 0) throw std::invalid_argument(std::string(what) + ": the cluster count must be positive");
+    const size_t h = offsets_in.shape(0) - 1;
+    if (off[0] != 0 || off[h] != clusters_in.shape(0) || weights_in.shape(0) != clusters_in.shape(0))
+        throw std::invalid_argument(std::string(what) + ": lists disagree with their offsets");
+    for (size_t l = 0; l < h; ++l)
+        if (off[l] > off[l + 1]) throw std::invalid_argument(std::string(what) + ": offsets must not decrease");
+    for (int64_t p = 0; p < clusters_in.shape(0); ++p)
+        if (cl[p] >= static_cast<uint64_t>(n_clusters))
+            throw std::invalid_argument(std::string(what) + ": a cluster id >= the cluster count");
+    return {h, static_cast<size_t>(n_clusters), off, cl, wt};
+}
+
 py::array_t<int32_t> assign_clusters(const py::array& indices_in, const FloatArray& values, const py::array& offsets_in,
                                      const py::array& clusters_in, const py::array& weights_in, int64_t n_clusters,
                                      int num_threads) {
@@ -621,24 +642,52 @@ py::array_t<int32_t> assign_clusters(const py::array& indices_in, const FloatArr
     auto indices = py::array_t<uint32_t, py::array::c_style | py::array::forcecast>::ensure(indices_in);
     if (indices.shape(0) != values.shape(0) || indices.shape(1) != values.shape(1))
         throw std::invalid_argument("indices and values must have the same shape");
-    const int64_t* off = exact<int64_t>(offsets_in, "centroid_offsets");
-    const uint32_t* cl = exact<uint32_t>(clusters_in, "centroid_clusters");
-    const float* wt = exact<float>(weights_in, "centroid_weights");
-    if (n_clusters <= 0) throw std::invalid_argument("n_clusters must be positive");
-    const size_t h = offsets_in.shape(0) - 1, n = indices.shape(0), k = indices.shape(1);
-    if (off[h] != clusters_in.shape(0) || weights_in.shape(0) != clusters_in.shape(0))
-        throw std::invalid_argument("centroid lists disagree with centroid_offsets");
-    for (int64_t p = 0; p < clusters_in.shape(0); ++p)
-        if (cl[p] >= static_cast<uint64_t>(n_clusters))
-            throw std::invalid_argument("centroid_clusters has an entry >= n_clusters");
+    const csae::CentroidLists lists = centroid_lists(offsets_in, clusters_in, weights_in, n_clusters, "centroid lists");
+    const size_t h = lists.h, n = indices.shape(0), k = indices.shape(1);
     for (size_t i = 0; i < n * k; ++i)
         if (indices.data()[i] >= h) throw std::invalid_argument("code index out of range for h=" + std::to_string(h));
     py::array_t<int32_t> out(n);
-    const csae::CentroidLists lists{h, static_cast<size_t>(n_clusters), off, cl, wt};
     int32_t* o = out.mutable_data();
     {
         py::gil_scoped_release release;
         csae::assign_clusters(lists, indices.data(), values.data(), n, k, o, num_threads);
+    }
+    return out;
+}
+
+py::array_t<int32_t> assign_clusters_grouped(const py::array& indices_in, const FloatArray& values,
+                                             const py::array& group_offsets, const py::array& group_clusters,
+                                             const py::array& group_weights, const py::array& offsets,
+                                             const py::array& clusters, const py::array& weights,
+                                             const py::array& group_first_in, int64_t probe_groups,
+                                             int num_threads) {
+    require_2d(indices_in, "indices");
+    require_2d(values, "values");
+    auto indices = py::array_t<uint32_t, py::array::c_style | py::array::forcecast>::ensure(indices_in);
+    if (indices.shape(0) != values.shape(0) || indices.shape(1) != values.shape(1))
+        throw std::invalid_argument("indices and values must have the same shape");
+    const int64_t* first = exact<int64_t>(group_first_in, "group_first");
+    const int64_t G = group_first_in.shape(0) - 1;
+    if (G < 1 || first[0] != 0) throw std::invalid_argument("group_first must start at 0 and hold n_groups + 1 entries");
+    for (int64_t g = 0; g < G; ++g)
+        if (first[g + 1] <= first[g]) throw std::invalid_argument("every group must hold at least one cluster");
+    if (probe_groups < 1) throw std::invalid_argument("probe_groups must be positive");
+    const csae::CentroidLists groups = centroid_lists(group_offsets, group_clusters, group_weights, G, "group lists");
+    const csae::CentroidLists lists = centroid_lists(offsets, clusters, weights, first[G], "centroid lists");
+    for (size_t l = 0; l < lists.h; ++l)
+        for (int64_t p = lists.offsets[l] + 1; p < lists.offsets[l + 1]; ++p)
+            if (lists.clusters[p] <= lists.clusters[p - 1])
+                throw std::invalid_argument("centroid lists: each latent's clusters must increase");
+    if (groups.h != lists.h) throw std::invalid_argument("group and centroid lists must have the same h");
+    const size_t h = lists.h, n = indices.shape(0), k = indices.shape(1);
+    for (size_t i = 0; i < n * k; ++i)
+        if (indices.data()[i] >= h) throw std::invalid_argument("code index out of range for h=" + std::to_string(h));
+    py::array_t<int32_t> out(n);
+    int32_t* o = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        csae::assign_clusters_grouped(groups, lists, first, static_cast<size_t>(probe_groups), indices.data(),
+                                      values.data(), n, k, o, num_threads);
     }
     return out;
 }
@@ -664,7 +713,7 @@ struct QueryProduct {
 };
 
 py::tuple encode_queries(const py::array& queries, const py::array& weights, const py::object& bias, int64_t k,
-                         bool nonneg, int num_threads) {
+                         bool nonneg, int num_threads, const py::object& half_weights, const py::object& slack) {
     const QueryProduct qp(queries, weights);
     const float *Q = qp.Q, *W = qp.W;
     const size_t nq = qp.nq, d = qp.d, h = qp.h;
@@ -678,13 +727,27 @@ py::tuple encode_queries(const py::array& queries, const py::array& weights, con
             throw std::invalid_argument("bias must have shape (h,), h=" + std::to_string(h));
         b = exact<float>(ba, "bias");
     }
+    csae::HalfEncoder half;
+    if (half_weights.is_none() != slack.is_none())
+        throw std::invalid_argument("half_weights and slack go together");
+    if (!half_weights.is_none()) {
+        const py::array hw = py::reinterpret_borrow<py::array>(half_weights);
+        const py::array sl = py::reinterpret_borrow<py::array>(slack);
+        if (!is_half(hw) || hw.ndim() != 2 || static_cast<size_t>(hw.shape(0)) != h ||
+            static_cast<size_t>(hw.shape(1)) != d)
+            throw std::invalid_argument("half_weights must be float16 of the weights' shape (h, d)");
+        require_c_contiguous(hw, "half_weights");
+        if (sl.ndim() != 1 || static_cast<size_t>(sl.shape(0)) != h)
+            throw std::invalid_argument("slack must have shape (h,), h=" + std::to_string(h));
+        half = {static_cast<const uint16_t*>(hw.data()), exact<float>(sl, "slack")};
+    }
     py::array_t<int64_t> idx(std::vector<size_t>{nq, static_cast<size_t>(k)});
     py::array_t<float> val(std::vector<size_t>{nq, static_cast<size_t>(k)});
     int64_t* ip = idx.mutable_data();
     float* vp = val.mutable_data();
     {
         py::gil_scoped_release release;
-        csae::encode_queries(Q, nq, d, W, b, h, static_cast<size_t>(k), nonneg, ip, vp, num_threads);
+        csae::encode_queries(Q, nq, d, W, b, h, static_cast<size_t>(k), nonneg, ip, vp, num_threads, half);
     }
     return py::make_tuple(idx, val);
 }
@@ -845,7 +908,8 @@ PYBIND11_MODULE(_core, m) {
           "Inverted lists of (n, k) codes: (offsets (h+1,) int64, item ids (n*k,) uint32, values (n*k,)).\n"
           "Items in each list are in increasing order; values keep their dtype (float16 or float32).");
     m.def("encode_queries", &encode_queries, py::arg("queries"), py::arg("weights"), py::arg("bias"), py::arg("k"),
-          py::arg("nonneg") = false, py::arg("num_threads") = 1, R"doc(
+          py::arg("nonneg") = false, py::arg("num_threads") = 1, py::arg("half_weights") = py::none(),
+          py::arg("slack") = py::none(), R"doc(
 Sparse codes of queries: the k strongest entries of z = weights @ q + bias, values scaled to unit norm.
 
 Parameters
@@ -861,6 +925,10 @@ nonneg : bool, default False
     descending (a row with no positive z comes out all zeros). Ties go to the smaller latent.
 num_threads : int, default 1
     Blocks of 4 queries share one pass over weights; blocks run in parallel (-1: all cores).
+half_weights, slack : None, or (h, d) float16 and (h,) float32
+    A float16 copy of weights, read instead of them (half the bytes), and slack[j] >= max_i |weights[j, i] -
+    half_weights[j, i]| + (d + 8) 2^-23 max_i |weights[j, i]|. Only the rows whose float32 value could reach the
+    top k are multiplied again from weights: the codes equal those of the float32 pass, bit for bit.
 
 Returns
 -------
@@ -875,6 +943,12 @@ values : (nq, k) float32
           "The windowed inverted index of (n, k) codes: (offsets (n_windows*h+1,) int64, local ids uint16, values).\n"
           "keep: None or an (n, k) mask of entries to index.");
 
+    m.def("assign_clusters_grouped", &assign_clusters_grouped, py::arg("indices"), py::arg("values"),
+          py::arg("group_offsets"), py::arg("group_clusters"), py::arg("group_weights"), py::arg("centroid_offsets"),
+          py::arg("centroid_clusters"), py::arg("centroid_weights"), py::arg("group_first"), py::arg("probe_groups"),
+          py::arg("num_threads") = -1,
+          "assign_clusters over clusters numbered group by group (group g: [group_first[g], group_first[g + 1])),\n"
+          "each code scoring only the clusters of its probe_groups best groups (by the group centroid lists).");
     m.def("assign_clusters", &assign_clusters, py::arg("indices"), py::arg("values"), py::arg("centroid_offsets"),
           py::arg("centroid_clusters"), py::arg("centroid_weights"), py::arg("n_clusters"), py::arg("num_threads") = -1,
           "Each code's best cluster: argmax_c sum_j values[i, j] * centroid_c[indices[i, j]] (ties: the smaller c),\n"

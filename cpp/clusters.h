@@ -59,6 +59,90 @@ void assign_clusters(const CentroidLists& cl, const Lat* indices, const float* v
     });
 }
 
+// Approximate assign_clusters for many clusters numbered group by group (group g's clusters are
+// [group_first[g], group_first[g + 1]), none empty): each code goes to its best cluster among those of its
+// probe_groups best groups (scored by the group centroids; ties: the smaller cluster, as in assign_clusters).
+// The codes are taken a block at a time and their (code, group) pairs bucketed by group, so that one group's
+// centroid lists stay in cache while all the codes that probe it are scored.
+template <class Lat>
+void assign_clusters_grouped(const CentroidLists& groups, const CentroidLists& cl, const int64_t* group_first,
+                             size_t probe_groups, const Lat* indices, const float* values, size_t n, size_t k,
+                             int32_t* out, int num_threads) {
+    const size_t G = groups.n_clusters, h = cl.h, P = std::min(probe_groups, G);
+    // the centroid lists group-major: group g, latent l holds entries [offsets[g * h + l], offsets[g * h + l + 1])
+    std::vector<int64_t> offsets(G * h + 1, 0);
+    std::vector<uint32_t> group_of(cl.n_clusters);
+    for (size_t g = 0; g < G; ++g)
+        std::fill(group_of.begin() + group_first[g], group_of.begin() + group_first[g + 1], static_cast<uint32_t>(g));
+    for (size_t l = 0; l < h; ++l)
+        for (int64_t p = cl.offsets[l]; p < cl.offsets[l + 1]; ++p) ++offsets[group_of[cl.clusters[p]] * h + l + 1];
+    for (size_t i = 0; i < G * h; ++i) offsets[i + 1] += offsets[i];
+    std::vector<uint32_t> members(offsets[G * h]);
+    std::vector<float> weights(offsets[G * h]);
+    {
+        std::vector<int64_t> at(offsets.begin(), offsets.end() - 1);
+        for (size_t l = 0; l < h; ++l)
+            for (int64_t p = cl.offsets[l]; p < cl.offsets[l + 1]; ++p) {
+                const int64_t to = at[group_of[cl.clusters[p]] * h + l]++;
+                members[to] = cl.clusters[p];
+                weights[to] = cl.weights[p];
+            }
+    }
+    int64_t widest = 0;
+    for (size_t g = 0; g < G; ++g) widest = std::max(widest, group_first[g + 1] - group_first[g]);
+    const int threads = resolve_threads(num_threads);
+    const size_t block = size_t{1} << 16, chunk = 256;
+    std::vector<uint32_t> slot_group(block * P), bucket(block * P);
+    std::vector<int64_t> bucket_start(G + 1);
+    std::vector<float> best_score(block * P);
+    std::vector<int32_t> best_cluster(block * P);
+    for (size_t first = 0; first < n; first += block) {
+        const size_t m = std::min(block, n - first);
+        parallel_for((m + chunk - 1) / chunk, threads, [&](size_t c, int) {  // each code's best groups
+            std::vector<float> scores(G);
+            std::vector<uint64_t> keys(G);
+            for (size_t i = c * chunk, end = std::min(m, (c + 1) * chunk); i < end; ++i) {
+                score_centroids(groups, indices + (first + i) * k, values + (first + i) * k, k, scores.data());
+                for (size_t g = 0; g < G; ++g) keys[g] = hit_key(scores[g] + 0.0f, static_cast<uint32_t>(g));
+                std::partial_sort(keys.begin(), keys.begin() + P, keys.end(), std::greater<uint64_t>());
+                for (size_t j = 0; j < P; ++j) slot_group[i * P + j] = static_cast<uint32_t>(key_id(keys[j]));
+            }
+        });
+        std::fill(bucket_start.begin(), bucket_start.end(), 0);  // the slots bucketed by group
+        for (size_t s = 0; s < m * P; ++s) ++bucket_start[slot_group[s] + 1];
+        for (size_t g = 0; g < G; ++g) bucket_start[g + 1] += bucket_start[g];
+        {
+            std::vector<int64_t> at(bucket_start.begin(), bucket_start.end() - 1);
+            for (size_t s = 0; s < m * P; ++s) bucket[at[slot_group[s]]++] = static_cast<uint32_t>(s);
+        }
+        parallel_for(G, threads, [&](size_t g, int) {  // each group's best cluster for each code probing it
+            std::vector<float> scores(widest);
+            const int64_t base = group_first[g], width = group_first[g + 1] - base;
+            const int64_t* off = &offsets[g * h];
+            for (int64_t b = bucket_start[g]; b < bucket_start[g + 1]; ++b) {
+                const size_t slot = bucket[b], i = first + slot / P;
+                const Lat* lat = indices + i * k;
+                const float* val = values + i * k;
+                std::fill(scores.begin(), scores.begin() + width, 0.0f);
+                for (size_t t = 0; t < k; ++t)
+                    for (int64_t p = off[lat[t]]; p < off[lat[t] + 1]; ++p)
+                        scores[members[p] - base] += val[t] * weights[p];
+                const int64_t f = std::max_element(scores.begin(), scores.begin() + width) - scores.begin();
+                best_score[slot] = scores[f];
+                best_cluster[slot] = static_cast<int32_t>(base + f);
+            }
+        });
+        for (size_t i = 0; i < m; ++i) {  // the best of each code's groups
+            size_t win = i * P;
+            for (size_t s = i * P + 1; s < (i + 1) * P; ++s)
+                if (best_score[s] > best_score[win] ||
+                    (best_score[s] == best_score[win] && best_cluster[s] < best_cluster[win]))
+                    win = s;
+            out[first + i] = best_cluster[win];
+        }
+    }
+}
+
 // The rows of a clustered segment cut into pieces, and where each piece's run begins in every posting list.
 struct ClusterLayout {
     size_t n_clusters = 0, n_pieces = 0, window_bits = 16;

@@ -20,15 +20,27 @@ def assign_clusters(indices: NDArray[np.integer], values: ArrayLike, centroid_of
     the centroid lists as for SegmentIndex.with_clusters, h = len(centroid_offsets) - 1."""
 
 
+def assign_clusters_grouped(indices: NDArray[np.integer], values: ArrayLike, group_offsets: NDArray[np.int64],
+                            group_clusters: NDArray[np.uint32], group_weights: NDArray[np.float32],
+                            centroid_offsets: NDArray[np.int64], centroid_clusters: NDArray[np.uint32],
+                            centroid_weights: NDArray[np.float32], group_first: NDArray[np.int64],
+                            probe_groups: int, num_threads: int = -1) -> NDArray[np.int32]:
+    """assign_clusters for clusters numbered group by group (group g: [group_first[g], group_first[g + 1]), none
+    empty), each code scoring only the clusters of its probe_groups best groups (by the group centroid lists)."""
+
+
 def build_windowed(indices: NDArray[np.integer], values: NDArray[np.float16 | np.float32],
                    keep: ArrayLike | None, h: int, window_bits: int = 16,
                    num_threads: int = -1) -> tuple[NDArray[np.int64], NDArray[np.uint16], NDArray]:
     """The windowed index of (n, k) codes: (offsets (n_windows*h+1,) int64, local ids uint16, values); keep: (n, k) mask."""
 
 def encode_queries(queries: NDArray[np.float32], weights: NDArray[np.float32], bias: NDArray[np.float32] | None,
-                   k: int, nonneg: bool = False, num_threads: int = 1) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+                   k: int, nonneg: bool = False, num_threads: int = 1, half_weights: NDArray[np.float16] | None = None,
+                   slack: NDArray[np.float32] | None = None) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
     """Sparse codes of queries (nq, d): the k strongest entries of z = weights (h, d) @ q + bias, strongest first
-    (signed: largest |z|; nonneg: largest z, ReLU'd), values of unit norm; (indices (nq, k), values (nq, k))."""
+    (signed: largest |z|; nonneg: largest z, ReLU'd), values of unit norm; (indices (nq, k), values (nq, k)).
+    With half_weights (a float16 copy of weights) and its slack (index/query.py half_encoder), the copy is read
+    and only candidate rows are multiplied again in float32: the same codes, bit for bit."""
 
 def project_queries(queries: NDArray[np.float32], weights: NDArray[np.float32],
                     num_threads: int = 1) -> NDArray[np.float32]:

@@ -6,6 +6,7 @@ import torch
 import csae_engine as ce
 from conftest import unit
 from csae_engine import _core
+from csae_engine.index import clusters as clusters_module
 from csae_engine.index.clusters import cluster_codes
 
 
@@ -117,6 +118,58 @@ def test_kmeans_puts_items_of_one_mixture_component_together():
     cluster_of[clusters.order] = np.searchsorted(clusters.cluster_rows, np.arange(2000), side="right") - 1
     purity = sum(np.bincount(which[cluster_of == c]).max() for c in np.unique(cluster_of)) / 2000
     assert purity > 0.9  # observed 1.0
+
+
+def test_grouped_assignment_takes_the_best_cluster_of_the_best_groups():
+    rng = np.random.default_rng(5)
+    h, k, C, G = 96, 6, 60, 7
+    idx, val = random_codes(rng, 500, h, k)
+    cent_idx, cent_val = random_codes(rng, C, h, 12)
+    group_first = np.concatenate([[0], np.sort(rng.choice(np.arange(1, C), G - 1, replace=False)), [C]])
+    lists = clusters_module.centroid_lists(clusters_module._as_csr(cent_idx, cent_val, h), h)
+    group_idx, group_val = random_codes(rng, G, h, 20)
+    group_lists = clusters_module.centroid_lists(clusters_module._as_csr(group_idx, group_val, h), h)
+    dense = lambda lists, n: clusters_module._lists_csr(lists, n, h).toarray()  # noqa: E731
+    codes = clusters_module._as_csr(idx, val, h).toarray()
+    scores, group_scores = codes @ dense(lists, C).T, codes @ dense(group_lists, G).T
+    exact = _core.assign_clusters(idx, val, *lists, C)
+    every = _core.assign_clusters_grouped(idx, val, *group_lists, *lists, group_first.astype(np.int64), G)
+    np.testing.assert_array_equal(every, exact)  # probing every group: the exact assignment
+    for probe in (1, 3):
+        got = _core.assign_clusters_grouped(idx, val, *group_lists, *lists, group_first.astype(np.int64), probe)
+        for i in range(len(idx)):
+            best_groups = np.lexsort((np.arange(G), -group_scores[i].astype(np.float32)))[:probe]
+            allowed = np.concatenate([np.arange(group_first[g], group_first[g + 1]) for g in best_groups])
+            assert got[i] in allowed
+            np.testing.assert_allclose(scores[i, got[i]], scores[i, allowed].max(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="at least one cluster"):
+        _core.assign_clusters_grouped(idx, val, *group_lists, *lists, np.array([0, 5, 5, C], np.int64), 1)
+    with pytest.raises(ValueError, match="must increase"):
+        offsets, members, weights = lists
+        _core.assign_clusters_grouped(idx, val, *group_lists, offsets, members[::-1].copy(), weights,
+                                      group_first.astype(np.int64), 1)
+
+
+def test_many_clusters_are_assigned_through_groups_nearly_as_well(monkeypatch):
+    rng = np.random.default_rng(6)
+    h, k, n = 128, 8, 4000
+    idx, val = random_codes(rng, n, h, k)
+    flat = cluster_codes(idx, val, h, 200)
+    monkeypatch.setattr(clusters_module, "FLAT_CLUSTERS", 100)  # 200 clusters: 14 groups, each code probes 16 groups
+    grouped = cluster_codes(idx, val, h, 200)
+    monkeypatch.setattr(clusters_module, "PROBE_GROUPS", 2)
+    narrow = cluster_codes(idx, val, h, 200)
+    assert grouped.n_clusters == flat.n_clusters == 200
+    np.testing.assert_array_equal(grouped.order, flat.order)  # 16 groups of 14: every centroid, the same k-means
+    unit = clusters_module._as_csr(idx, val, h).toarray()
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+
+    def mean_best_score(clusters):  # how close each code is to its own centroid (as routing scores it)
+        cent = clusters_module._lists_csr(clusters.lists, clusters.n_clusters, h).toarray()
+        own = np.repeat(np.arange(clusters.n_clusters), np.diff(clusters.cluster_rows))
+        return float(np.mean(np.sum(unit[clusters.order] * cent[own], axis=1)))
+
+    assert mean_best_score(narrow) > 0.9 * mean_best_score(flat)  # observed 0.97
 
 
 # ---- through the engine ----
