@@ -3,11 +3,10 @@
     python -m benchmarks.query_path [--model M] [--index DIR]
 
 "old" reproduces the query encoding before the lean path (model.encode_tensor under no_grad: the autograd
-Function, a dozen torch ops, numpy copies), "new" is QueryEncoder.codes (one C++ call on copies of the encoder,
-cpp/encode.h: a float16 pass, then float32 for the candidate latents; torch above SMALL_BATCH queries); the
-C++ encoder's float32 pass (before the float16 copy) is timed beside it. Both engines share one index: only the
-encoder differs. Per-query stages and end-to-end searches are timed one query at a time, every variant in turn for
-each query (p50/p99 over the queries); batches (all cores) are the median of interleaved runs. Without --model, a CompresSAE
+Function, a dozen torch ops, numpy copies), "new" is QueryEncoder.codes (one C++ call on float32 copies of the
+encoder, cpp/encode.h; torch above SMALL_BATCH queries). Both engines share one index: only the encoder differs.
+Per-query stages and end-to-end searches are timed one query at a time, every variant in turn for each query
+(p50/p99 over the queries); batches (all cores) are the median of interleaved runs. Without --model, a CompresSAE
 trained for --steps steps on the items; with --index, the index is loaded from DIR (or built and saved there).
 """
 import argparse
@@ -20,9 +19,9 @@ import numpy as np
 import torch
 
 import csae_engine as ce
-from csae_engine import _core, datasets
+from csae_engine import datasets
 from csae_engine.data import unit_rows
-from csae_engine.index.query import SMALL_BATCH, QueryEncoder, half_encoder, query_codes, query_rows
+from csae_engine.index.query import SMALL_BATCH, QueryEncoder, query_codes, query_rows
 from csae_engine.residual import CENTROIDS
 
 from .common import SHARED_WORDNET, md_table, write_result
@@ -119,10 +118,6 @@ def main(argv=None):
                  "codes_max_value_diff": float(np.abs(old_val - new_val).max())}
     P = [engine.queries.projections(Qu[i:i + 1]) for i in range(n)]
     cands = [seg.index.search(*codes[i], 1000, 1)[0] for i in range(n)]
-    W = model.W_enc.detach().T.to("cpu", torch.float32).contiguous().numpy()
-    b = model.encoder_bias().detach().to("cpu", torch.float32).numpy().copy()
-    W16, slack = half_encoder(W)
-    nonneg = not model.signed
 
     # stages of one query (nq=1), then whole searches; every variant takes its turn on each query
     stages = {
@@ -131,9 +126,6 @@ def main(argv=None):
         "query_rows (old and new)": lambda i: query_rows(model, Qraw[i:i + 1]),
         "encode, old (encode_tensor + renormalise)": lambda i: old_codes(model, Qu[i:i + 1], k),
         "encode, new (QueryEncoder.codes)": lambda i: engine.queries.codes(Qu[i:i + 1]),
-        "encode, C++ float32 pass": lambda i: _core.encode_queries(Qu[i:i + 1], W, b, k, nonneg, 1),
-        "encode, C++ float16 pass + float32 candidates": lambda i: _core.encode_queries(Qu[i:i + 1], W, b, k,
-                                                                                       nonneg, 1, W16, slack),
         "projections, old (torch)": lambda i: old.queries.projections(Qu[i:i + 1]),
         "projections, new (W_dec q + residual tables; dense only)": lambda i: engine.queries.projections(Qu[i:i + 1]),
         f"C++ sparse search, top {top_k} (given the codes)": lambda i: seg.index.search(*codes[i], top_k, 1),
@@ -157,12 +149,8 @@ def main(argv=None):
         / lat["projections, new (W_dec q + residual tables; dense only)"][0],
         "search sparse": lat["search sparse, old"][0] / lat["search sparse, new"][0],
         "search dense": lat["search dense, old"][0] / lat["search dense, new"][0],
-        "encode, C++ float32 / float16 pass": lat["encode, C++ float32 pass"][0]
-        / lat["encode, C++ float16 pass + float32 candidates"][0],
         "encode (alone)": alone["encode, old (encode_tensor + renormalise) (alone)"][0]
         / alone["encode, new (QueryEncoder.codes) (alone)"][0],
-        "encode, C++ float32 / float16 pass (alone)": alone["encode, C++ float32 pass (alone)"][0]
-        / alone["encode, C++ float16 pass + float32 candidates (alone)"][0],
         "search sparse (alone)": alone["search sparse, old (alone)"][0] / alone["search sparse, new (alone)"][0],
         "search dense (alone)": alone["search dense, old (alone)"][0] / alone["search dense, new (alone)"][0],
     }

@@ -713,7 +713,7 @@ struct QueryProduct {
 };
 
 py::tuple encode_queries(const py::array& queries, const py::array& weights, const py::object& bias, int64_t k,
-                         bool nonneg, int num_threads, const py::object& half_weights, const py::object& slack) {
+                         bool nonneg, int num_threads) {
     const QueryProduct qp(queries, weights);
     const float *Q = qp.Q, *W = qp.W;
     const size_t nq = qp.nq, d = qp.d, h = qp.h;
@@ -727,27 +727,13 @@ py::tuple encode_queries(const py::array& queries, const py::array& weights, con
             throw std::invalid_argument("bias must have shape (h,), h=" + std::to_string(h));
         b = exact<float>(ba, "bias");
     }
-    csae::HalfEncoder half;
-    if (half_weights.is_none() != slack.is_none())
-        throw std::invalid_argument("half_weights and slack go together");
-    if (!half_weights.is_none()) {
-        const py::array hw = py::reinterpret_borrow<py::array>(half_weights);
-        const py::array sl = py::reinterpret_borrow<py::array>(slack);
-        if (!is_half(hw) || hw.ndim() != 2 || static_cast<size_t>(hw.shape(0)) != h ||
-            static_cast<size_t>(hw.shape(1)) != d)
-            throw std::invalid_argument("half_weights must be float16 of the weights' shape (h, d)");
-        require_c_contiguous(hw, "half_weights");
-        if (sl.ndim() != 1 || static_cast<size_t>(sl.shape(0)) != h)
-            throw std::invalid_argument("slack must have shape (h,), h=" + std::to_string(h));
-        half = {static_cast<const uint16_t*>(hw.data()), exact<float>(sl, "slack")};
-    }
     py::array_t<int64_t> idx(std::vector<size_t>{nq, static_cast<size_t>(k)});
     py::array_t<float> val(std::vector<size_t>{nq, static_cast<size_t>(k)});
     int64_t* ip = idx.mutable_data();
     float* vp = val.mutable_data();
     {
         py::gil_scoped_release release;
-        csae::encode_queries(Q, nq, d, W, b, h, static_cast<size_t>(k), nonneg, ip, vp, num_threads, half);
+        csae::encode_queries(Q, nq, d, W, b, h, static_cast<size_t>(k), nonneg, ip, vp, num_threads);
     }
     return py::make_tuple(idx, val);
 }
@@ -908,8 +894,7 @@ PYBIND11_MODULE(_core, m) {
           "Inverted lists of (n, k) codes: (offsets (h+1,) int64, item ids (n*k,) uint32, values (n*k,)).\n"
           "Items in each list are in increasing order; values keep their dtype (float16 or float32).");
     m.def("encode_queries", &encode_queries, py::arg("queries"), py::arg("weights"), py::arg("bias"), py::arg("k"),
-          py::arg("nonneg") = false, py::arg("num_threads") = 1, py::arg("half_weights") = py::none(),
-          py::arg("slack") = py::none(), R"doc(
+          py::arg("nonneg") = false, py::arg("num_threads") = 1, R"doc(
 Sparse codes of queries: the k strongest entries of z = weights @ q + bias, values scaled to unit norm.
 
 Parameters
@@ -925,11 +910,6 @@ nonneg : bool, default False
     descending (a row with no positive z comes out all zeros). Ties go to the smaller latent.
 num_threads : int, default 1
     Blocks of 4 queries share one pass over weights; blocks run in parallel (-1: all cores).
-half_weights, slack : None, or (h, d) float16 and (h,) float32
-    A float16 copy of weights, read instead of them (half the bytes), and slack[j] >= max_i |weights[j, i] -
-    half_weights[j, i]| + (d + 8) 2^-23 max_i |weights[j, i]|. Only the rows whose float32 value could reach the
-    top k are multiplied again from weights: the codes equal those of the float32 pass, bit for bit.
-
 Returns
 -------
 indices : (nq, k) int64

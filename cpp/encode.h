@@ -5,13 +5,11 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <vector>
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
 #endif
 
-#include "half.h"
 #include "parallel.h"
 #include "topk.h"
 
@@ -85,13 +83,10 @@ inline void project_queries(const float* Q, size_t nq, size_t d, const float* W,
 // The k strongest entries of z (h,) plus bias b (may be null): signed, the k largest |z| with their signs; nonneg,
 // the k largest z with ReLU. Strongest first, ties to the smaller latent; values scaled to unit norm (all zero
 // when every value is 0).
-// With `rows` (n_rows latents), only those latents are candidates.
 inline void top_entries(float* z, const float* b, size_t h, size_t k, bool nonneg, TopK& top,
-                        std::vector<float>& keys, std::vector<int64_t>& ids, int64_t* idx, float* val,
-                        const uint32_t* rows = nullptr, size_t n_rows = 0) {
+                        std::vector<float>& keys, std::vector<int64_t>& ids, int64_t* idx, float* val) {
     top.reset(k);
-    for (size_t at = 0, end = rows ? n_rows : h; at < end; ++at) {
-        const size_t j = rows ? rows[at] : at;
+    for (size_t j = 0; j < h; ++j) {
         if (b) z[j] += b[j];
         const float key = nonneg ? z[j] : std::fabs(z[j]);
         if (key >= top.threshold()) top.push(key, static_cast<int64_t>(j));
@@ -109,122 +104,29 @@ inline void top_entries(float* z, const float* b, size_t h, size_t k, bool nonne
     }
 }
 
-// dot_block for float16 weights (raw bits), widened to float32 as they are read.
-template <int R, int B>
-inline void dot_block_half(const uint16_t* W, const float* q, size_t d, size_t h, size_t j0, float* z) {
-    size_t t = 0;
-#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
-    __m256 acc[R][B];
-    for (int r = 0; r < R; ++r)
-        for (int b = 0; b < B; ++b) acc[r][b] = _mm256_setzero_ps();
-    for (; t + 8 <= d; t += 8) {
-        __m256 qv[B];
-        for (int b = 0; b < B; ++b) qv[b] = _mm256_loadu_ps(q + b * d + t);
-        for (int r = 0; r < R; ++r) {
-            const __m256 w = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(W + (j0 + r) * d + t)));
-            for (int b = 0; b < B; ++b) acc[r][b] = _mm256_fmadd_ps(w, qv[b], acc[r][b]);
-        }
-    }
-    for (int r = 0; r < R; ++r)
-        for (int b = 0; b < B; ++b) z[b * h + j0 + r] = hsum(acc[r][b]);
-#else
-    for (int r = 0; r < R; ++r)
-        for (int b = 0; b < B; ++b) z[b * h + j0 + r] = 0.0f;
-#endif
-    for (int r = 0; r < R; ++r)
-        for (int b = 0; b < B; ++b) {
-            float s = 0.0f;
-            for (size_t u = t; u < d; ++u) s += half_to_float(W[(j0 + r) * d + u]) * q[b * d + u];
-            z[b * h + j0 + r] += s;
-        }
-}
-
-template <int B>
-void dense_codes_half(const uint16_t* W, const float* q, size_t d, size_t h, float* z) {
-    constexpr int R = B == 1 ? 8 : B == 2 ? 4 : 2;
-    size_t j = 0;
-    for (; j + R <= h; j += R) dot_block_half<R, B>(W, q, d, h, j, z);
-    for (; j < h; ++j) dot_block_half<1, B>(W, q, d, h, j, z);
-}
-
-// A float16 copy of the encoder, read in place of W to find each query's candidates: slack[j] bounds, per unit of
-// |q|_1, how far row j's float16 product may lie from its float32 one (see half_slack in index/query.py).
-struct HalfEncoder {
-    const uint16_t* W = nullptr;  // (h, d) float16 bits
-    const float* slack = nullptr; // (h,)
-};
-
-// Latents of z16 (one query's float16 product, bias not added) that may hold a float32 top-k entry: every j whose
-// key could reach the k-th best lower bound. The float32 keys lie within margin_j of the float16 ones.
-inline void half_candidates(const float* z16, const float* b, const float* slack, float q_l1, size_t h, size_t k,
-                            bool nonneg, std::vector<float>& low, std::vector<float>& high,
-                            std::vector<uint32_t>& rows) {
-    low.resize(h);
-    high.resize(h);
-    for (size_t j = 0; j < h; ++j) {
-        const float bj = b ? b[j] : 0.0f, z = z16[j] + bj;
-        const float margin = q_l1 * slack[j] * (1.0f + 0x1p-20f) + 0x1p-22f * (std::fabs(z16[j]) + std::fabs(bj));
-        const float key = nonneg ? z : std::fabs(z);
-        low[j] = key - margin;
-        high[j] = key + margin;
-    }
-    std::vector<float>& kth = low;  // low is not needed after the threshold: partitioned in place
-    std::nth_element(kth.begin(), kth.begin() + (k - 1), kth.end(), std::greater<float>());
-    const float threshold = kth[k - 1];
-    rows.clear();
-    for (size_t j = 0; j < h; ++j)
-        if (high[j] >= threshold) rows.push_back(static_cast<uint32_t>(j));
-}
-
 // Codes of nq unit queries Q (nq, d) under W (h, d) and b (h,) (may be null): idx, val (nq, k). Blocks of
-// ENCODE_BLOCK queries run in parallel. With a HalfEncoder (half.W non-null), each block reads the float16 copy,
-// and only the candidate rows of W (half_candidates) are multiplied again in float32: the codes are the same,
-// bit for bit, as those of the float32 pass.
+// ENCODE_BLOCK queries run in parallel.
 inline void encode_queries(const float* Q, size_t nq, size_t d, const float* W, const float* b, size_t h, size_t k,
-                           bool nonneg, int64_t* idx, float* val, int num_threads, HalfEncoder half = {}) {
+                           bool nonneg, int64_t* idx, float* val, int num_threads) {
     const size_t blocks = (nq + ENCODE_BLOCK - 1) / ENCODE_BLOCK;
     const int threads = static_cast<int>(std::min<size_t>(resolve_threads(num_threads), blocks));
     std::vector<std::vector<float>> z(threads, std::vector<float>(ENCODE_BLOCK * h));
     std::vector<TopK> tops(threads);
     std::vector<std::vector<float>> keys(threads, std::vector<float>(k));
     std::vector<std::vector<int64_t>> ids(threads, std::vector<int64_t>(k));
-    std::vector<std::vector<float>> low(threads), high(threads);
-    std::vector<std::vector<uint32_t>> candidates(threads);
     parallel_for(blocks, threads, [&](size_t blk, int tid) {
         const size_t first = blk * ENCODE_BLOCK, B = std::min(ENCODE_BLOCK, nq - first);
         const float* q = Q + first * d;
         float* zt = z[tid].data();
-        if (half.W) {
-            switch (B) {
-                case 1: dense_codes_half<1>(half.W, q, d, h, zt); break;
-                case 2: dense_codes_half<2>(half.W, q, d, h, zt); break;
-                case 3: dense_codes_half<3>(half.W, q, d, h, zt); break;
-                default: dense_codes_half<4>(half.W, q, d, h, zt); break;
-            }
-        } else {
-            switch (B) {
-                case 1: dense_codes<1>(W, q, d, h, zt); break;
-                case 2: dense_codes<2>(W, q, d, h, zt); break;
-                case 3: dense_codes<3>(W, q, d, h, zt); break;
-                default: dense_codes<4>(W, q, d, h, zt); break;
-            }
+        switch (B) {
+            case 1: dense_codes<1>(W, q, d, h, zt); break;
+            case 2: dense_codes<2>(W, q, d, h, zt); break;
+            case 3: dense_codes<3>(W, q, d, h, zt); break;
+            default: dense_codes<4>(W, q, d, h, zt); break;
         }
-        for (size_t i = 0; i < B; ++i) {
-            float* zi = zt + i * h;
-            const float* qi = q + i * d;
-            if (!half.W) {
-                top_entries(zi, b, h, k, nonneg, tops[tid], keys[tid], ids[tid], idx + (first + i) * k,
-                            val + (first + i) * k);
-                continue;
-            }
-            float q_l1 = 0.0f;
-            for (size_t t = 0; t < d; ++t) q_l1 += std::fabs(qi[t]);
-            std::vector<uint32_t>& rows = candidates[tid];
-            half_candidates(zi, b, half.slack, q_l1 * (1.0f + 0x1p-16f), h, k, nonneg, low[tid], high[tid], rows);
-            for (uint32_t j : rows) dot_block<1, 1>(W, qi, d, h, j, zi);  // the float32 product, as the plain pass
-            top_entries(zi, b, h, k, nonneg, tops[tid], keys[tid], ids[tid], idx + (first + i) * k,
-                        val + (first + i) * k, rows.data(), rows.size());
-        }
+        for (size_t i = 0; i < B; ++i)
+            top_entries(zt + i * h, b, h, k, nonneg, tops[tid], keys[tid], ids[tid], idx + (first + i) * k,
+                        val + (first + i) * k);
     });
 }
 

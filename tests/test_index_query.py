@@ -6,7 +6,7 @@ import torch
 import csae_engine as ce
 from conftest import csr_model, unit
 from csae_engine import _core
-from csae_engine.index.query import SMALL_BATCH, QueryEncoder, half_encoder, query_codes, query_rows
+from csae_engine.index.query import SMALL_BATCH, QueryEncoder, query_codes, query_rows
 
 D, H, K = 43, 300, 16  # d not a multiple of 8: the C++ dot product's tail runs
 
@@ -91,35 +91,6 @@ def test_the_encoder_is_copied_once():
 
 
 @pytest.mark.parametrize("kind", MODELS)
-@pytest.mark.parametrize("d", [D, 64])
-def test_the_float16_pass_gives_the_float32_codes_bit_for_bit(kind, d):
-    rng = np.random.default_rng(d)
-    model = MODELS[kind]()
-    W = model.W_enc.detach().T.float().contiguous().numpy()[:, :D]
-    W = np.ascontiguousarray(np.pad(W, ((0, 0), (0, d - D))) + 0.01 * rng.standard_normal((H, d)), np.float32)
-    W[7] = W[3]  # two latents always tie
-    W[11] = -W[3]
-    b = model.encoder_bias().detach().float().numpy().copy()
-    b[[7, 11]] = b[3]
-    W16, slack = half_encoder(W)
-    assert W16.dtype == np.float16 and (slack > 0).all()
-    Q = unit(rng, 9, d)
-    Q[4] = W[3] / np.linalg.norm(W[3])  # the tied latents among the strongest
-    for nq in (1, 2, 3, 4, 9):
-        plain = _core.encode_queries(Q[:nq], W, b, K, not model.signed, 1)
-        half = _core.encode_queries(Q[:nq], W, b, K, not model.signed, 1, W16, slack)
-        np.testing.assert_array_equal(half[0], plain[0])
-        np.testing.assert_array_equal(half[1], plain[1])
-
-
-def test_weights_beyond_float16_keep_the_float32_pass():
-    W = np.ones((5, 8), np.float32)
-    assert half_encoder(W)[0] is not None
-    W[2, 3] = 1e6
-    assert half_encoder(W) == (None, None)
-
-
-@pytest.mark.parametrize("kind", MODELS)
 def test_projections_of_small_and_large_batches_are_w_dec_q(kind):
     model = MODELS[kind]().eval()
     Q = query_rows(model, unit(np.random.default_rng(10), SMALL_BATCH + 1, D))
@@ -178,12 +149,6 @@ def test_bad_queries_still_name_the_problem(engine, Q, message):
     ((np.ones((2, 8), np.float32), np.ones((5, 8), np.float32), None, 6), r"k must be in 1..h=5"),
     ((np.ones((2, 8), np.float32), np.ones((5, 8), np.float32), np.ones(4, np.float32), 2), r"shape \(h,\), h=5"),
     ((np.ones((2, 8), np.float32), np.ones((8, 5), np.float32).T, None, 2), "weights must be C-contiguous"),
-    ((np.ones((2, 8), np.float32), np.ones((5, 8), np.float32), None, 2, False, 1, np.ones((5, 8), np.float16), None),
-     "half_weights and slack go together"),
-    ((np.ones((2, 8), np.float32), np.ones((5, 8), np.float32), None, 2, False, 1, np.ones((5, 8), np.float32),
-      np.ones(5, np.float32)), "half_weights must be float16 of the weights' shape"),
-    ((np.ones((2, 8), np.float32), np.ones((5, 8), np.float32), None, 2, False, 1, np.ones((5, 8), np.float16),
-      np.ones(4, np.float32)), r"slack must have shape \(h,\), h=5"),
 ])
 def test_the_cpp_encoder_checks_its_arrays(args, message):
     with pytest.raises(ValueError, match=message):

@@ -1,8 +1,7 @@
 """What a query needs from the model: its sparse code (sparse mode) and its projection p = W_dec q (dense mode).
 
-A batch of up to SMALL_BATCH queries is encoded in one C++ call (cpp/encode.h) on copies of the encoder made once
-(float16 to find the candidates, float32 to settle them: the same codes at about half the bytes read): no torch, no
-autograd. Larger batches go through the model's torch path, whose GEMM is faster there.
+A batch of up to SMALL_BATCH queries is encoded in one C++ call (cpp/encode.h) on float32 copies of the encoder
+made once: no torch, no autograd. Larger batches go through the model's torch path, whose GEMM is faster there.
 """
 import numpy as np
 import torch
@@ -11,7 +10,7 @@ from .. import _core
 from ..data import unit_rows
 from ..residual import CENTROIDS
 
-__all__ = ["SMALL_BATCH", "query_rows", "query_codes", "half_encoder", "QueryEncoder"]
+__all__ = ["SMALL_BATCH", "query_rows", "query_codes", "QueryEncoder"]
 
 # Queries the C++ encoder takes at once; from about 64 on, torch's GEMM takes less per query (the crossover table
 # of benchmarks/query_path.py)
@@ -38,19 +37,6 @@ def query_codes(model, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         norms = val.norm(dim=1, keepdim=True)
         val = torch.where(norms > 0, val / norms.clamp_min(torch.finfo(torch.float32).tiny), torch.zeros_like(val))
     return idx.cpu().numpy().astype(np.int64, copy=False), val.cpu().numpy()
-
-
-def half_encoder(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A float16 copy of the encoder W (h, d) float32 and its slack: per row, a bound on how far the float16 product
-    with a query may lie from the float32 one, per unit of the query's L1 norm (the weights' rounding, and both
-    sums' float32 rounding). _core.encode_queries reads the copy (half the bytes of W) and multiplies again in
-    float32 only the rows that could reach the top k: the codes stay those of W."""
-    if not np.abs(W).max(initial=0) < np.finfo(np.float16).max:  # beyond float16's range: the float32 pass
-        return None, None
-    W16 = W.astype(np.float16)
-    rounding = np.abs(W - W16.astype(np.float32)).max(axis=1)
-    slack = rounding + (W.shape[1] + 8) * 2.0 ** -23 * np.abs(W).max(axis=1)
-    return W16, slack.astype(np.float32)
 
 
 class QueryEncoder:
@@ -87,12 +73,11 @@ class QueryEncoder:
         path of batches up to SMALL_BATCH queries (any size works)."""
         if self._encoder is None:
             with torch.no_grad():
-                W = self.model.W_enc.detach().T.to("cpu", torch.float32).contiguous().numpy()
-                b = self.model.encoder_bias().detach().to("cpu", torch.float32).numpy().copy()
-            self._encoder = (W, b, *half_encoder(W))
-        W, b, W16, slack = self._encoder
+                self._encoder = (self.model.W_enc.detach().T.to("cpu", torch.float32).contiguous().numpy(),
+                                 self.model.encoder_bias().detach().to("cpu", torch.float32).numpy().copy())
+        W, b = self._encoder
         return _core.encode_queries(np.ascontiguousarray(Q, np.float32), W, b, self.k, not self.model.signed,
-                                    num_threads, W16, slack)
+                                    num_threads)
 
     def projections(self, Q: np.ndarray, num_threads: int = -1) -> np.ndarray:
         """p = W_dec q for each unit query: (nq, h) float32; with a decoder bias b, one more column q . b; with a
