@@ -1,10 +1,11 @@
 """The query path of Engine.search, old against new in one run: where one query's time goes, and batch throughput.
 
-    python -m benchmarks.query_path [--model M] [--index DIR]
+    python -m benchmarks.query_path [--model M] [--index DIR] [--probe P]
 
 "old" reproduces the query encoding before the lean path (model.encode_tensor under no_grad: the autograd
-Function, a dozen torch ops, numpy copies), "new" is QueryEncoder.codes (one C++ call on float32 copies of the
-encoder, cpp/encode.h; torch above SMALL_BATCH queries). Both engines share one index: only the encoder differs.
+Function, a dozen torch ops, numpy copies), "new" is QueryEncoder.codes (one C++ call, cpp/encode.h: an int8 pass
+over the encoder, then float32 for the candidate latents; torch above SMALL_BATCH queries), "float32 pass" the same
+C++ call reading the whole float32 encoder (the same codes). The engines share one index: only the encoder differs.
 Per-query stages and end-to-end searches are timed one query at a time, every variant in turn for each query
 (p50/p99 over the queries); batches (all cores) are the median of interleaved runs. Without --model, a CompresSAE
 trained for --steps steps on the items; with --index, the index is loaded from DIR (or built and saved there).
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 import csae_engine as ce
-from csae_engine import datasets
+from csae_engine import _core, datasets
 from csae_engine.data import unit_rows
 from csae_engine.index.query import SMALL_BATCH, QueryEncoder, query_codes, query_rows
 from csae_engine.residual import CENTROIDS
@@ -61,6 +62,22 @@ class OldEncoder(QueryEncoder):
         return P
 
 
+class Float32Encoder(QueryEncoder):
+    """QueryEncoder with the C++ encoder's float32 pass only (no int8 copy): the same codes."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.float32 = None
+
+    def small_codes(self, Q, num_threads=-1):
+        if self.float32 is None:
+            with torch.no_grad():
+                self.float32 = (self.model.W_enc.detach().T.float().contiguous().numpy(),
+                                self.model.encoder_bias().detach().float().numpy().copy())
+        return _core.encode_queries(np.ascontiguousarray(Q, np.float32), *self.float32, self.k,
+                                    not self.model.signed, num_threads)
+
+
 def per_query(fns: dict, n: int) -> dict:
     """p50 and p99 in ms of each fn(i) over queries i < n, the functions taking turns on each query."""
     times = {name: [] for name in fns}
@@ -93,6 +110,8 @@ def main(argv=None):
     p.add_argument("--latency-queries", type=int, default=1000)
     p.add_argument("--batch", type=int, default=1000, help="queries in the all-core batch")
     p.add_argument("--reps", type=int, default=5, help="interleaved runs of each batch")
+    p.add_argument("--probe", type=float, default=None, help="searches visit this share of a clustered index")
+    p.add_argument("--name", default=None, help="the result's name (default query_path_<data>_h<h>_k<k>)")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--crossover", type=int, nargs="*", default=[1, 4, 16, 64, 256, 1000],
                    help="batch sizes at which the C++ and torch encoders are compared")
@@ -106,6 +125,9 @@ def main(argv=None):
     old = copy.copy(engine)  # the same segments, the old encoder
     old.queries = OldEncoder(model, k, engine.residual)
     old.queries.decoder = None
+    f32 = copy.copy(engine)
+    f32.queries = Float32Encoder(model, k, engine.residual)
+    probe = a.probe
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one query at a time: the caller's thread only, as in a single-threaded server
     Qraw = np.asarray(ds.queries[:max(a.latency_queries, a.batch)])
@@ -126,15 +148,18 @@ def main(argv=None):
         "query_rows (old and new)": lambda i: query_rows(model, Qraw[i:i + 1]),
         "encode, old (encode_tensor + renormalise)": lambda i: old_codes(model, Qu[i:i + 1], k),
         "encode, new (QueryEncoder.codes)": lambda i: engine.queries.codes(Qu[i:i + 1]),
+        "encode, float32 pass": lambda i: f32.queries.codes(Qu[i:i + 1]),
         "projections, old (torch)": lambda i: old.queries.projections(Qu[i:i + 1]),
         "projections, new (W_dec q + residual tables; dense only)": lambda i: engine.queries.projections(Qu[i:i + 1]),
-        f"C++ sparse search, top {top_k} (given the codes)": lambda i: seg.index.search(*codes[i], top_k, 1),
+        f"C++ sparse search, top {top_k} (given the codes)": lambda i: seg.index.search(
+            *codes[i], top_k, 1, None, 1.0 if probe is None else probe, top_k),
         "C++ rerank of 1,000 candidates (given p)": lambda i: seg.index.rerank(P[i], cands[i], top_k, 1),
-        "search sparse, old": lambda i: old.search(Qraw[i:i + 1], top_k, num_threads=1),
-        "search sparse, new": lambda i: engine.search(Qraw[i:i + 1], top_k, num_threads=1),
-        "search dense, old": lambda i: old.search(Qraw[i:i + 1], top_k, mode="dense", num_threads=1),
-        "search dense, new": lambda i: engine.search(Qraw[i:i + 1], top_k, mode="dense", num_threads=1),
     }
+    for name, e in (("old", old), ("new", engine), ("float32 pass", f32)):
+        stages[f"search sparse, {name}"] = lambda i, e=e: e.search(Qraw[i:i + 1], top_k, num_threads=1, probe=probe)
+    for name, e in (("old", old), ("new", engine), ("float32 pass", f32)):
+        stages[f"search dense, {name}"] = lambda i, e=e: e.search(Qraw[i:i + 1], top_k, mode="dense", num_threads=1,
+                                                                  probe=probe)
     for fn in stages.values():  # warm: the encoder copies, caches
         fn(0)
     lat = per_query(stages, n)
@@ -154,16 +179,21 @@ def main(argv=None):
         "search sparse (alone)": alone["search sparse, old (alone)"][0] / alone["search sparse, new (alone)"][0],
         "search dense (alone)": alone["search dense, old (alone)"][0] / alone["search dense, new (alone)"][0],
     }
+    for what in ("encode", "search sparse", "search dense"):  # the float32 pass against the int8 one
+        new = "encode, new (QueryEncoder.codes)" if what == "encode" else f"{what}, new"
+        ratios[f"{what}: float32 pass / int8 pass"] = lat[f"{what}, float32 pass"][0] / lat[new][0]
+        ratios[f"{what}: float32 pass / int8 pass (alone)"] = (alone[f"{what}, float32 pass (alone)"][0]
+                                                               / alone[f"{new} (alone)"][0])
 
     torch.set_num_threads(threads)  # batches: all cores
     Qb = Qraw[:a.batch]
     batch = interleaved({
         "encode, old": lambda: old_codes(model, unit_rows(Qb), k),
         "encode, new": lambda: engine.queries.codes(unit_rows(Qb)),
-        "search sparse, old": lambda: old.search(Qb, top_k),
-        "search sparse, new": lambda: engine.search(Qb, top_k),
-        "search dense, old": lambda: old.search(Qb, top_k, mode="dense"),
-        "search dense, new": lambda: engine.search(Qb, top_k, mode="dense"),
+        "search sparse, old": lambda: old.search(Qb, top_k, probe=probe),
+        "search sparse, new": lambda: engine.search(Qb, top_k, probe=probe),
+        "search dense, old": lambda: old.search(Qb, top_k, mode="dense", probe=probe),
+        "search dense, new": lambda: engine.search(Qb, top_k, mode="dense", probe=probe),
     }, a.reps)
     batch_rows = [{"stage": name, "ms": s * 1e3, "qps": len(Qb) / s} for name, s in batch.items()]
     for what in ("encode", "search sparse", "search dense"):
@@ -173,16 +203,18 @@ def main(argv=None):
     cross = []
     for nq in a.crossover:  # noqa: B023 (the lambdas run inside their iteration)
         Qn = Qu[:nq]
-        med = interleaved({"c++": lambda: engine.queries.small_codes(Qn), "torch": lambda: query_codes(model, Qn, k)},
-                          a.reps)
+        med = interleaved({"c++": lambda: engine.queries.small_codes(Qn), "torch": lambda: query_codes(model, Qn, k),
+                           "c++ float32": lambda: f32.queries.small_codes(Qn)}, a.reps)
         cross.append({"nq": nq, "cpp_ms_per_query": med["c++"] * 1e3 / nq,
+                      "cpp_float32_pass_ms_per_query": med["c++ float32"] * 1e3 / nq,
                       "torch_ms_per_query": med["torch"] * 1e3 / nq, "path": "c++" if nq <= SMALL_BATCH else "torch"})
 
-    cfg = {"data": ds.name, "n": len(X), "d": model.d, "h": model.h, "k": model.k, "index_terms": k,
-           "top_k": top_k, "latency_queries": a.latency_queries, "batch": len(Qb), "reps": a.reps,
+    cfg = {"data": ds.name, "n": len(engine), "d": model.d, "h": model.h, "k": model.k, "index_terms": k,
+           "top_k": top_k, "probe": probe, "latency_queries": a.latency_queries, "batch": len(Qb), "reps": a.reps,
            "small_batch": SMALL_BATCH, **cfg_check, "torch_threads": {"one_query": 1, "batches": threads},
            "model": a.model or f"CompresSAE trained {a.steps} steps", "index_config": engine.config}
-    md = (f"{len(X)} items, h={model.h}, k={model.k}, top_k={top_k}; default index ({engine.config['forward']} "
+    md = (f"{len(engine):,} items, h={model.h}, k={model.k}, top_k={top_k}, probe {probe or 1}; index "
+          f"({engine.config['forward']} "
           f"forward codes, residual m={engine.config['residual_m']}). One query at a time on one thread (torch too) "
           f"({a.latency_queries} queries, the variants in turn on each; \"alone\": one variant over all queries, "
           f"then the next):\n\n"
@@ -190,12 +222,13 @@ def main(argv=None):
           + f"\n\nA batch of {len(Qb)} queries on all cores (median of {a.reps} interleaved runs):\n\n"
           + md_table(batch_rows, ["stage", "ms", "qps"])
           + f"\n\nThe two encoders by batch size, all cores (QueryEncoder.codes takes the C++ one up to "
-          f"{SMALL_BATCH} queries):\n\n" + md_table(cross, ["nq", "cpp_ms_per_query", "torch_ms_per_query", "path"])
+          f"{SMALL_BATCH} queries):\n\n" + md_table(cross, ["nq", "cpp_ms_per_query", "cpp_float32_pass_ms_per_query", "torch_ms_per_query",
+                                      "path"])
           + "\n\nold / new (one query: p50; batches: median time):\n\n"
           + md_table([{"what": w, "old_over_new": r} for w, r in ratios.items()], ["what", "old_over_new"]))
     print(md)
     results = {"one_query": rows, "batch": batch_rows, "crossover": cross, "old_over_new": ratios}
-    write_result(f"query_path_{ds.name}_h{model.h}_k{model.k}", cfg, results, command, md)
+    write_result(a.name or f"query_path_{ds.name}_h{model.h}_k{model.k}", cfg, results, command, md)
 
 
 if __name__ == "__main__":

@@ -712,8 +712,27 @@ struct QueryProduct {
     }
 };
 
+// The int8 copy of an encoder (h, d): int8_weights (h, width) int8, width d rounded up to 32; int8_bounds (3, h)
+// float32: scale, q_slack, w_norm (cpp/encode.h, Int8Encoder).
+csae::Int8Encoder int8_encoder_of(const py::object& weights, const py::object& bounds, size_t h, size_t d) {
+    if (weights.is_none() != bounds.is_none())
+        throw std::invalid_argument("int8_weights and int8_bounds go together");
+    if (weights.is_none()) return {};
+    if (!py::isinstance<py::array>(weights) || !py::isinstance<py::array>(bounds))
+        throw std::invalid_argument("int8_weights and int8_bounds must be arrays");
+    const py::array W8 = py::reinterpret_borrow<py::array>(weights), B = py::reinterpret_borrow<py::array>(bounds);
+    const size_t width = (d + csae::INT8_STEP - 1) / csae::INT8_STEP * csae::INT8_STEP;
+    if (W8.ndim() != 2 || static_cast<size_t>(W8.shape(0)) != h || static_cast<size_t>(W8.shape(1)) != width)
+        throw std::invalid_argument("int8_weights must have shape (h, d rounded up to 32) = (" + std::to_string(h) +
+                                    ", " + std::to_string(width) + ")");
+    if (B.ndim() != 2 || B.shape(0) != 3 || static_cast<size_t>(B.shape(1)) != h)
+        throw std::invalid_argument("int8_bounds must have shape (3, h), h=" + std::to_string(h));
+    const float* bp = exact<float>(B, "int8_bounds");
+    return {exact<int8_t>(W8, "int8_weights"), width, bp, bp + h, bp + 2 * h};
+}
+
 py::tuple encode_queries(const py::array& queries, const py::array& weights, const py::object& bias, int64_t k,
-                         bool nonneg, int num_threads) {
+                         bool nonneg, int num_threads, const py::object& int8_weights, const py::object& int8_bounds) {
     const QueryProduct qp(queries, weights);
     const float *Q = qp.Q, *W = qp.W;
     const size_t nq = qp.nq, d = qp.d, h = qp.h;
@@ -727,13 +746,14 @@ py::tuple encode_queries(const py::array& queries, const py::array& weights, con
             throw std::invalid_argument("bias must have shape (h,), h=" + std::to_string(h));
         b = exact<float>(ba, "bias");
     }
+    const csae::Int8Encoder int8 = int8_encoder_of(int8_weights, int8_bounds, h, d);
     py::array_t<int64_t> idx(std::vector<size_t>{nq, static_cast<size_t>(k)});
     py::array_t<float> val(std::vector<size_t>{nq, static_cast<size_t>(k)});
     int64_t* ip = idx.mutable_data();
     float* vp = val.mutable_data();
     {
         py::gil_scoped_release release;
-        csae::encode_queries(Q, nq, d, W, b, h, static_cast<size_t>(k), nonneg, ip, vp, num_threads);
+        csae::encode_queries(Q, nq, d, W, b, h, static_cast<size_t>(k), nonneg, ip, vp, num_threads, int8);
     }
     return py::make_tuple(idx, val);
 }
@@ -894,7 +914,8 @@ PYBIND11_MODULE(_core, m) {
           "Inverted lists of (n, k) codes: (offsets (h+1,) int64, item ids (n*k,) uint32, values (n*k,)).\n"
           "Items in each list are in increasing order; values keep their dtype (float16 or float32).");
     m.def("encode_queries", &encode_queries, py::arg("queries"), py::arg("weights"), py::arg("bias"), py::arg("k"),
-          py::arg("nonneg") = false, py::arg("num_threads") = 1, R"doc(
+          py::arg("nonneg") = false, py::arg("num_threads") = 1, py::arg("int8_weights") = py::none(),
+          py::arg("int8_bounds") = py::none(), R"doc(
 Sparse codes of queries: the k strongest entries of z = weights @ q + bias, values scaled to unit norm.
 
 Parameters
@@ -910,6 +931,9 @@ nonneg : bool, default False
     descending (a row with no positive z comes out all zeros). Ties go to the smaller latent.
 num_threads : int, default 1
     Blocks of 4 queries share one pass over weights; blocks run in parallel (-1: all cores).
+int8_weights, int8_bounds : None, or an int8 copy of weights (h, d rounded up to 32) and (3, h) float32 bounds
+    (scale, q_slack, w_norm; csae_engine.index.query.int8_encoder): each query reads the copy, then multiplies
+    in float32 only the latents that could reach its top k. The codes are the same, bit for bit.
 Returns
 -------
 indices : (nq, k) int64

@@ -35,9 +35,12 @@ def build_windowed(indices: NDArray[np.integer], values: NDArray[np.float16 | np
     """The windowed index of (n, k) codes: (offsets (n_windows*h+1,) int64, local ids uint16, values); keep: (n, k) mask."""
 
 def encode_queries(queries: NDArray[np.float32], weights: NDArray[np.float32], bias: NDArray[np.float32] | None,
-                   k: int, nonneg: bool = False, num_threads: int = 1) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+                   k: int, nonneg: bool = False, num_threads: int = 1, int8_weights: NDArray[np.int8] | None = None,
+                   int8_bounds: NDArray[np.float32] | None = None) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
     """Sparse codes of queries (nq, d): the k strongest entries of z = weights (h, d) @ q + bias, strongest first
-    (signed: largest |z|; nonneg: largest z, ReLU'd), values of unit norm; (indices (nq, k), values (nq, k))."""
+    (signed: largest |z|; nonneg: largest z, ReLU'd), values of unit norm; (indices (nq, k), values (nq, k)).
+    With an int8 copy of weights (int8_encoder), each query reads the copy and settles its candidates in float32:
+    the same codes."""
 
 def project_queries(queries: NDArray[np.float32], weights: NDArray[np.float32],
                     num_threads: int = 1) -> NDArray[np.float32]:

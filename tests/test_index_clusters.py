@@ -1,6 +1,7 @@
 """Clustered segments and approximate sparse search (probe < 1): cpp/clusters.h, csae_engine/index/clusters.py."""
 import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 
 import csae_engine as ce
@@ -14,6 +15,20 @@ def random_codes(rng, n, h, k):
     idx = np.argsort(rng.random((n, h)), axis=1)[:, :k].astype(np.uint32)
     val = rng.standard_normal((n, k)).astype(np.float32)
     return idx, val / np.linalg.norm(val, axis=1, keepdims=True)
+
+
+def dense_codes(idx, val, h):
+    out = np.zeros((len(idx), h), np.float64)
+    np.put_along_axis(out, idx.astype(np.int64), val, axis=1)
+    return out
+
+
+def dense_lists(lists, n_clusters, h):
+    """Latent-major centroid lists (offsets, clusters, weights) as an (n_clusters, h) matrix."""
+    offsets, members, weights = lists
+    out = np.zeros((n_clusters, h), np.float64)
+    out[members, np.repeat(np.arange(h), np.diff(offsets))] = weights
+    return out
 
 
 @pytest.fixture(scope="module")
@@ -126,12 +141,11 @@ def test_grouped_assignment_takes_the_best_cluster_of_the_best_groups():
     idx, val = random_codes(rng, 500, h, k)
     cent_idx, cent_val = random_codes(rng, C, h, 12)
     group_first = np.concatenate([[0], np.sort(rng.choice(np.arange(1, C), G - 1, replace=False)), [C]])
-    lists = clusters_module.centroid_lists(clusters_module._as_csr(cent_idx, cent_val, h), h)
+    lists = clusters_module.centroid_lists(sp.csr_matrix(dense_codes(cent_idx, cent_val, h)), h)
     group_idx, group_val = random_codes(rng, G, h, 20)
-    group_lists = clusters_module.centroid_lists(clusters_module._as_csr(group_idx, group_val, h), h)
-    dense = lambda lists, n: clusters_module._lists_csr(lists, n, h).toarray()  # noqa: E731
-    codes = clusters_module._as_csr(idx, val, h).toarray()
-    scores, group_scores = codes @ dense(lists, C).T, codes @ dense(group_lists, G).T
+    group_lists = clusters_module.centroid_lists(sp.csr_matrix(dense_codes(group_idx, group_val, h)), h)
+    codes = dense_codes(idx, val, h)
+    scores, group_scores = codes @ dense_lists(lists, C, h).T, codes @ dense_lists(group_lists, G, h).T
     exact = _core.assign_clusters(idx, val, *lists, C)
     every = _core.assign_clusters_grouped(idx, val, *group_lists, *lists, group_first.astype(np.int64), G)
     np.testing.assert_array_equal(every, exact)  # probing every group: the exact assignment
@@ -161,11 +175,11 @@ def test_many_clusters_are_assigned_through_groups_nearly_as_well(monkeypatch):
     narrow = cluster_codes(idx, val, h, 200)
     assert grouped.n_clusters == flat.n_clusters == 200
     np.testing.assert_array_equal(grouped.order, flat.order)  # 16 groups of 14: every centroid, the same k-means
-    unit = clusters_module._as_csr(idx, val, h).toarray()
+    unit = dense_codes(idx, val, h)
     unit /= np.linalg.norm(unit, axis=1, keepdims=True)
 
     def mean_best_score(clusters):  # how close each code is to its own centroid (as routing scores it)
-        cent = clusters_module._lists_csr(clusters.lists, clusters.n_clusters, h).toarray()
+        cent = dense_lists(clusters.lists, clusters.n_clusters, h)
         own = np.repeat(np.arange(clusters.n_clusters), np.diff(clusters.cluster_rows))
         return float(np.mean(np.sum(unit[clusters.order] * cent[own], axis=1)))
 

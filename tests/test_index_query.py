@@ -6,7 +6,7 @@ import torch
 import csae_engine as ce
 from conftest import csr_model, unit
 from csae_engine import _core
-from csae_engine.index.query import SMALL_BATCH, QueryEncoder, query_codes, query_rows
+from csae_engine.index.query import SMALL_BATCH, QueryEncoder, int8_encoder, query_codes, query_rows
 
 D, H, K = 43, 300, 16  # d not a multiple of 8: the C++ dot product's tail runs
 
@@ -91,6 +91,46 @@ def test_the_encoder_is_copied_once():
 
 
 @pytest.mark.parametrize("kind", MODELS)
+@pytest.mark.parametrize("d", [D, 64])
+def test_the_int8_pass_gives_the_float32_codes_bit_for_bit(kind, d):
+    rng = np.random.default_rng(d)
+    model = MODELS[kind]()
+    W = model.W_enc.detach().T.float().contiguous().numpy()[:, :D]
+    W = np.ascontiguousarray(np.pad(W, ((0, 0), (0, d - D))) + 0.01 * rng.standard_normal((H, d)), np.float32)
+    W[7] = W[3]  # two latents that always tie, one of them with the opposite sign
+    W[11] = -W[3]
+    W[20] = 0  # a row of zeros: z = b
+    b = model.encoder_bias().detach().float().numpy().copy()
+    b[[7, 11]] = b[3]
+    W8, bounds = int8_encoder(W)
+    Q = unit(rng, 10, d)
+    Q[4] = W[3] / np.linalg.norm(W[3])  # the tied latents among the strongest
+    Q[9] = 0  # z = b
+    for nq in (1, 3, 10):
+        for threads in (1, 2):
+            plain = _core.encode_queries(Q[:nq], W, b, K, not model.signed, 1)
+            int8 = _core.encode_queries(Q[:nq], W, b, K, not model.signed, threads, W8, bounds)
+            np.testing.assert_array_equal(int8[0], plain[0])
+            np.testing.assert_array_equal(int8[1], plain[1])
+
+
+def test_the_int8_copy_bounds_its_rounding():
+    rng = np.random.default_rng(12)
+    W = (rng.standard_normal((50, 43)) * rng.random((50, 1))).astype(np.float32)
+    W[5] = 0
+    W8, (scale, q_slack, w_norm) = int8_encoder(W)
+    assert W8.shape == (50, 64) and W8.dtype == np.int8 and not W8[:, 43:].any()
+    assert np.abs(W8).max() == 127 and not W8[5].any()
+    approx = scale[:, None].astype(np.float64) * W8[:, :43]
+    assert (np.linalg.norm(W - approx, axis=1) <= q_slack).all()
+    assert (np.linalg.norm(approx, axis=1) <= w_norm).all() and (w_norm <= (1 + 1e-6) * (np.linalg.norm(W, axis=1) + q_slack)).all()
+    assert (q_slack < 0.01 * np.linalg.norm(W, axis=1) + 1e-30).all()  # about |W[j]| sqrt(d / 12) / 127
+    W[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN or inf"):
+        int8_encoder(W)
+
+
+@pytest.mark.parametrize("kind", MODELS)
 def test_projections_of_small_and_large_batches_are_w_dec_q(kind):
     model = MODELS[kind]().eval()
     Q = query_rows(model, unit(np.random.default_rng(10), SMALL_BATCH + 1, D))
@@ -149,6 +189,14 @@ def test_bad_queries_still_name_the_problem(engine, Q, message):
     ((np.ones((2, 8), np.float32), np.ones((5, 8), np.float32), None, 6), r"k must be in 1..h=5"),
     ((np.ones((2, 8), np.float32), np.ones((5, 8), np.float32), np.ones(4, np.float32), 2), r"shape \(h,\), h=5"),
     ((np.ones((2, 8), np.float32), np.ones((8, 5), np.float32).T, None, 2), "weights must be C-contiguous"),
+    ((np.ones((2, 8), np.float32), np.ones((5, 8), np.float32), None, 2, False, 1, np.ones((5, 32), np.int8), None),
+     "int8_weights and int8_bounds go together"),
+    ((np.ones((2, 8), np.float32), np.ones((5, 8), np.float32), None, 2, False, 1, np.ones((5, 8), np.int8),
+      np.ones((3, 5), np.float32)), r"int8_weights must have shape \(h, d rounded up to 32\) = \(5, 32\)"),
+    ((np.ones((2, 8), np.float32), np.ones((5, 8), np.float32), None, 2, False, 1, np.ones((5, 32), np.float32),
+      np.ones((3, 5), np.float32)), "int8_weights has dtype float32, expected int8"),
+    ((np.ones((2, 8), np.float32), np.ones((5, 8), np.float32), None, 2, False, 1, np.ones((5, 32), np.int8),
+      np.ones((5, 3), np.float32)), r"int8_bounds must have shape \(3, h\), h=5"),
 ])
 def test_the_cpp_encoder_checks_its_arrays(args, message):
     with pytest.raises(ValueError, match=message):
