@@ -125,8 +125,7 @@ def main(argv=None):
                                                   if a.forward == "float16" else ""))
           + ("; `scorer` sums the C++ calls over the shards" if len(indexes) > 1 else "") + "\n\nBuild (seconds, index bytes per item): "
           + ", ".join(f"cluster_size {s}: {b:.0f} s, {nb:.0f} B" for s, (b, nb) in builds.items()) + "\n\n"
-          + md_table(rows, cols) + "\n\nFAISS, one thread (bytes per item: codes only, without ids):\n\n"
-          + md_table(peers, ["index", "knob", "bytes_per_item", "p50_ms", "p99_ms", "recall_vs_dense", "build_s"]))
+          + md_table(rows, cols) + "\n\n" + _faiss_md(peers))
     print(md)
     name = a.name or f"probe_{data_name}_h{model.h}_k{model.k}" + ("_f16" if a.forward == "float16" else "")
     print("wrote", write_result(name, cfg, {"ours": rows, "faiss": peers}, command, md))
@@ -179,6 +178,13 @@ def _codes(a, model, X, data_name):
 def ivf_lists(spec: str) -> int:
     """The list count of a FAISS "IVF<n>,..." factory string (training takes 40 points per list)."""
     return int(spec.split(",")[0].removeprefix("IVF"))
+
+
+def _faiss_md(peers: list) -> str:
+    if not peers:
+        return "FAISS: not run (`--faiss` named no index).\n"
+    return ("FAISS, one thread (bytes per item: codes only, without ids):\n\n"
+            + md_table(peers, ["index", "knob", "bytes_per_item", "p50_ms", "p99_ms", "recall_vs_dense", "build_s"]))
 
 
 def _faiss(spec, Xf, Q, gt, nl, faiss):

@@ -634,18 +634,24 @@ csae::CentroidLists centroid_lists(const py::array& offsets_in, const py::array&
     return {h, static_cast<size_t>(n_clusters), off, cl, wt};
 }
 
-py::array_t<int32_t> assign_clusters(const py::array& indices_in, const FloatArray& values, const py::array& offsets_in,
-                                     const py::array& clusters_in, const py::array& weights_in, int64_t n_clusters,
-                                     int num_threads) {
+// Codes (n, k) to assign: indices as uint32 (converted when narrower), each below h, beside values of one shape.
+py::array_t<uint32_t> assignment_codes(const py::array& indices_in, const FloatArray& values, size_t h) {
     require_2d(indices_in, "indices");
     require_2d(values, "values");
     auto indices = py::array_t<uint32_t, py::array::c_style | py::array::forcecast>::ensure(indices_in);
     if (indices.shape(0) != values.shape(0) || indices.shape(1) != values.shape(1))
         throw std::invalid_argument("indices and values must have the same shape");
-    const csae::CentroidLists lists = centroid_lists(offsets_in, clusters_in, weights_in, n_clusters, "centroid lists");
-    const size_t h = lists.h, n = indices.shape(0), k = indices.shape(1);
-    for (size_t i = 0; i < n * k; ++i)
+    for (py::ssize_t i = 0; i < indices.size(); ++i)
         if (indices.data()[i] >= h) throw std::invalid_argument("code index out of range for h=" + std::to_string(h));
+    return indices;
+}
+
+py::array_t<int32_t> assign_clusters(const py::array& indices_in, const FloatArray& values, const py::array& offsets_in,
+                                     const py::array& clusters_in, const py::array& weights_in, int64_t n_clusters,
+                                     int num_threads) {
+    const csae::CentroidLists lists = centroid_lists(offsets_in, clusters_in, weights_in, n_clusters, "centroid lists");
+    const auto indices = assignment_codes(indices_in, values, lists.h);
+    const size_t n = indices.shape(0), k = indices.shape(1);
     py::array_t<int32_t> out(n);
     int32_t* o = out.mutable_data();
     {
@@ -661,11 +667,6 @@ py::array_t<int32_t> assign_clusters_grouped(const py::array& indices_in, const 
                                              const py::array& clusters, const py::array& weights,
                                              const py::array& group_first_in, int64_t probe_groups,
                                              int num_threads) {
-    require_2d(indices_in, "indices");
-    require_2d(values, "values");
-    auto indices = py::array_t<uint32_t, py::array::c_style | py::array::forcecast>::ensure(indices_in);
-    if (indices.shape(0) != values.shape(0) || indices.shape(1) != values.shape(1))
-        throw std::invalid_argument("indices and values must have the same shape");
     const int64_t* first = exact<int64_t>(group_first_in, "group_first");
     const int64_t G = group_first_in.shape(0) - 1;
     if (G < 1 || first[0] != 0) throw std::invalid_argument("group_first must start at 0 and hold n_groups + 1 entries");
@@ -679,9 +680,8 @@ py::array_t<int32_t> assign_clusters_grouped(const py::array& indices_in, const 
             if (lists.clusters[p] <= lists.clusters[p - 1])
                 throw std::invalid_argument("centroid lists: each latent's clusters must increase");
     if (groups.h != lists.h) throw std::invalid_argument("group and centroid lists must have the same h");
-    const size_t h = lists.h, n = indices.shape(0), k = indices.shape(1);
-    for (size_t i = 0; i < n * k; ++i)
-        if (indices.data()[i] >= h) throw std::invalid_argument("code index out of range for h=" + std::to_string(h));
+    const auto indices = assignment_codes(indices_in, values, lists.h);
+    const size_t n = indices.shape(0), k = indices.shape(1);
     py::array_t<int32_t> out(n);
     int32_t* o = out.mutable_data();
     {
