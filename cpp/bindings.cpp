@@ -152,19 +152,24 @@ void require_window_bits(int64_t window_bits) {
         throw std::invalid_argument("window_bits must be in 1..16, got " + std::to_string(window_bits));
 }
 
-py::tuple build_windowed(const py::array& indices_in, const py::array& values, py::object keep_in, int64_t h,
-                         int window_bits, int num_threads) {
+// Codes (n, k): indices as uint32 (converted when narrower), each below h, beside values of the same shape.
+py::array_t<uint32_t> checked_codes(const py::array& indices_in, const py::array& values, size_t h) {
     require_2d(indices_in, "indices");
     require_2d(values, "values");
-    require_values_dtype(values, "values");
-    if (indices_in.shape(0) != values.shape(0) || indices_in.shape(1) != values.shape(1))
-        throw std::invalid_argument("indices and values must have the same shape");
-    require_window_bits(window_bits);
     auto indices = py::array_t<uint32_t, py::array::c_style | py::array::forcecast>::ensure(indices_in);
+    if (indices.shape(0) != values.shape(0) || indices.shape(1) != values.shape(1))
+        throw std::invalid_argument("indices and values must have the same shape");
+    for (py::ssize_t i = 0; i < indices.size(); ++i)
+        if (indices.data()[i] >= h) throw std::invalid_argument("code index out of range for h=" + std::to_string(h));
+    return indices;
+}
+
+py::tuple build_windowed(const py::array& indices_in, const py::array& values, py::object keep_in, int64_t h,
+                         int window_bits, int num_threads) {
+    require_values_dtype(values, "values");
+    require_window_bits(window_bits);
+    const auto indices = checked_codes(indices_in, values, static_cast<size_t>(h));
     const size_t n = indices.shape(0), k = indices.shape(1);
-    for (size_t i = 0; i < n * k; ++i)
-        if (indices.data()[i] >= static_cast<uint64_t>(h))
-            throw std::invalid_argument("code index out of range for h=" + std::to_string(h));
     py::array_t<uint8_t, py::array::c_style | py::array::forcecast> keep;
     const bool has_keep = !keep_in.is_none();
     if (has_keep) {
@@ -634,23 +639,11 @@ csae::CentroidLists centroid_lists(const py::array& offsets_in, const py::array&
     return {h, static_cast<size_t>(n_clusters), off, cl, wt};
 }
 
-// Codes (n, k) to assign: indices as uint32 (converted when narrower), each below h, beside values of one shape.
-py::array_t<uint32_t> assignment_codes(const py::array& indices_in, const FloatArray& values, size_t h) {
-    require_2d(indices_in, "indices");
-    require_2d(values, "values");
-    auto indices = py::array_t<uint32_t, py::array::c_style | py::array::forcecast>::ensure(indices_in);
-    if (indices.shape(0) != values.shape(0) || indices.shape(1) != values.shape(1))
-        throw std::invalid_argument("indices and values must have the same shape");
-    for (py::ssize_t i = 0; i < indices.size(); ++i)
-        if (indices.data()[i] >= h) throw std::invalid_argument("code index out of range for h=" + std::to_string(h));
-    return indices;
-}
-
 py::array_t<int32_t> assign_clusters(const py::array& indices_in, const FloatArray& values, const py::array& offsets_in,
                                      const py::array& clusters_in, const py::array& weights_in, int64_t n_clusters,
                                      int num_threads) {
     const csae::CentroidLists lists = centroid_lists(offsets_in, clusters_in, weights_in, n_clusters, "centroid lists");
-    const auto indices = assignment_codes(indices_in, values, lists.h);
+    const auto indices = checked_codes(indices_in, values, lists.h);
     const size_t n = indices.shape(0), k = indices.shape(1);
     py::array_t<int32_t> out(n);
     int32_t* o = out.mutable_data();
@@ -680,7 +673,7 @@ py::array_t<int32_t> assign_clusters_grouped(const py::array& indices_in, const 
             if (lists.clusters[p] <= lists.clusters[p - 1])
                 throw std::invalid_argument("centroid lists: each latent's clusters must increase");
     if (groups.h != lists.h) throw std::invalid_argument("group and centroid lists must have the same h");
-    const auto indices = assignment_codes(indices_in, values, lists.h);
+    const auto indices = checked_codes(indices_in, values, lists.h);
     const size_t n = indices.shape(0), k = indices.shape(1);
     py::array_t<int32_t> out(n);
     int32_t* o = out.mutable_data();
